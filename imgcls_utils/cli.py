@@ -1,0 +1,148 @@
+"""The ``imgcls`` command: ``imgcls run|prepare|train|predict|scan|config [--set key=value ...]``.
+
+The config is loaded and validated before anything heavy is imported, so a mistake in it is
+reported within a second, as one message, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from .config import CONFIG_RELATIVE_PATH, Config, load_config, parse_set_option
+from .errors import UserError
+
+NOTEBOOKS = ("Data_Exploration", "Data_Preprocessing", "Model_Training")
+
+
+def _config_from_args(args) -> Config:
+    return load_config(args.config, set_options=args.set)
+
+
+def cmd_config(args) -> int:
+    print(_config_from_args(args).to_yaml(), end="")
+    return 0
+
+
+def cmd_scan(args) -> int:
+    from . import data_utils
+
+    cfg = _config_from_args(args)
+    scan = data_utils.scan_image_folder(data_utils.resolve_source(cfg.data, cfg.path("raw_dir")))
+    print(f"source: {scan.folder}")
+    print(f"usable images: {len(scan.images)} in {len(scan.class_names)} classes; "
+          f"skipped files: {len(scan.skipped)}")
+    print(data_utils.class_counts(scan.images).to_string())
+    if len(scan.skipped):
+        print("\nskipped:")
+        print(scan.skipped.to_string(index=False))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from . import data_utils
+
+    prepared = data_utils.prepare_data(_config_from_args(args))
+    state = "reused (inputs unchanged)" if prepared.reused else "built"
+    print(f"processed data {state}: {prepared.folder}")
+    print(data_utils.split_sizes(prepared.manifest).to_string())
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .pipeline import train_and_save
+
+    folder, metrics = train_and_save(_config_from_args(args))
+    print(f"test accuracy: {metrics['test_accuracy']:.4f}")
+    print(f"model folder: {folder}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .model_utils import load_model_folder, predict_files
+
+    model, class_names, config = load_model_folder(args.model_folder)
+    for path, top in predict_files(model, class_names, config, args.images, args.top_k):
+        guesses = ", ".join(f"{label} {probability:.3f}" for label, probability in top)
+        print(f"{path}: {guesses}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Execute the three notebooks in order with papermill, then report where everything is."""
+    import papermill
+
+    from .model_utils import unused_model_folder_name
+
+    cfg = _config_from_args(args)
+    overrides = dict(parse_set_option(option) for option in args.set or [])
+    run_dir = cfg.path("runs_dir") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    model_dir = unused_model_folder_name(cfg)
+    config_path = str(Path(args.config).resolve()) if args.config else None
+    for number, name in enumerate(NOTEBOOKS, start=1):
+        parameters = {"config_path": config_path, "overrides": overrides}
+        if name == "Model_Training":
+            parameters["model_dir"] = str(model_dir)
+        output = run_dir / f"{number}_{name}.ipynb"
+        print(f"running {name} -> {output}", flush=True)
+        papermill.execute_notebook(cfg.root / "notebooks" / f"{name}.ipynb", output,
+                                   parameters=parameters, kernel_name=_kernel_name(),
+                                   cwd=str(cfg.root / "notebooks"), progress_bar=False)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    print(f"\ntest accuracy: {metrics['test_accuracy']:.4f} "
+          f"(test loss {metrics['test_loss']:.4f}, {metrics['test_images']} test images)")
+    print(f"executed notebooks: {run_dir}")
+    print(f"model folder:       {model_dir}")
+    return 0
+
+
+def _kernel_name() -> str:
+    """The project's registered kernel when there is one (``make`` registers it), else python3."""
+    from jupyter_client.kernelspec import find_kernel_specs
+
+    return "imgcls" if "imgcls" in find_kernel_specs() else "python3"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler, help_text: str, configurable=True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        if not configurable:
+            return sub
+        sub.add_argument("--config", help=f"config file (default: the project's {CONFIG_RELATIVE_PATH})")
+        sub.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                         help="override one config value, e.g. --set train.epochs=3 (repeatable)")
+        return sub
+
+    command("run", cmd_run, "run the three notebooks in order with papermill")
+    command("prepare", cmd_prepare, "scan, split and preprocess the data source")
+    command("train", cmd_train, "prepare, train, evaluate and save a model folder")
+    command("scan", cmd_scan, "report usable and skipped files of the data source")
+    command("config", cmd_config, "print the merged, validated config")
+    predict = command("predict", cmd_predict, "top-k labels for new images, using the model "
+                      "folder's own class names and preprocessing", configurable=False)
+    predict.add_argument("model_folder", type=Path)
+    predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    predict.add_argument("--top-k", type=int, default=3)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"imgcls: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

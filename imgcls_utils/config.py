@@ -1,0 +1,295 @@
+"""Typed run configuration: the YAML defaults, merged with overrides, validated once up front.
+
+The defaults live only in ``config/Hyperparameters.yaml``; this module knows the type and the
+allowed values of each key (``RULES``) and nothing else. Importing it does not import TensorFlow,
+so a config mistake is reported within a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import UserError
+
+CONFIG_RELATIVE_PATH = Path("config") / "Hyperparameters.yaml"
+
+
+class ConfigError(UserError):
+    """One or more problems in a run's configuration, each naming the key and what is allowed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a key accepts: a type check and an optional value check, each with a description."""
+
+    type_name: str
+    is_type: Callable[[Any], bool]
+    allowed: str = ""
+    is_allowed: Callable[[Any], bool] = lambda value: True
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def integer(minimum: int, maximum: int | None = None) -> Rule:
+    upper = f" and <= {maximum}" if maximum is not None else ""
+    return Rule("integer", _is_int, f"an integer >= {minimum}{upper}",
+                lambda v: v >= minimum and (maximum is None or v <= maximum))
+
+
+def fraction(low_open: bool = False, high_open: bool = True) -> Rule:
+    """A number in [0, 1), or (0, 1) with ``low_open``: the range says which ends are allowed."""
+    low, high = ("(" if low_open else "["), (")" if high_open else "]")
+    return Rule("number", _is_number, f"a number in {low}0, 1{high}",
+                lambda v: (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1))
+
+
+def positive_number() -> Rule:
+    return Rule("number", _is_number, "a number > 0", lambda v: v > 0)
+
+
+def boolean() -> Rule:
+    return Rule("true/false", lambda v: isinstance(v, bool))
+
+
+def text() -> Rule:
+    return Rule("string", lambda v: isinstance(v, str) and v != "", "a non-empty string")
+
+
+def choice(*options: str) -> Rule:
+    return Rule("string", lambda v: isinstance(v, str), "one of " + ", ".join(options),
+                lambda v: v in options)
+
+
+def int_list(length: int | None, minimum: int) -> Rule:
+    count = f"{length} " if length else ""
+    return Rule(f"list of {count}integers", lambda v: isinstance(v, list) and all(map(_is_int, v)),
+                f"a list of {count}integers, each >= {minimum}",
+                lambda v: (length is None or len(v) == length) and len(v) > 0
+                and all(x >= minimum for x in v))
+
+
+RULES: dict[str, Rule] = {
+    "paths.raw_dir": text(),
+    "paths.processed_dir": text(),
+    "paths.models_dir": text(),
+    "paths.runs_dir": text(),
+    "data.source": text(),
+    "data.image_size": int_list(2, minimum=8),
+    "data.channels": Rule("integer", _is_int, "1 or 3", lambda v: v in (1, 3)),
+    "data.train_fraction": fraction(low_open=True),
+    "data.val_fraction": fraction(low_open=True),
+    "data.test_fraction": fraction(low_open=True),
+    "data.seed": integer(0),
+    "data.cache": boolean(),
+    "augment.enabled": boolean(),
+    "augment.flip": choice("none", "horizontal", "vertical", "horizontal_and_vertical"),
+    "augment.rotation": fraction(high_open=False),
+    "augment.zoom": fraction(),
+    "augment.translation": fraction(),
+    "augment.contrast": fraction(),
+    "model.name": Rule("string", lambda v: isinstance(v, str),
+                       "letters, digits, '-' and '_' only",
+                       lambda v: v != "" and all(c.isalnum() or c in "-_" for c in v)),
+    "model.family": choice("cnn", "mlp"),
+    "model.conv_filters": int_list(None, minimum=1),
+    "model.dense_units": integer(1),
+    "model.dropout": fraction(),
+    "model.batch_norm": boolean(),
+    "model.batch_norm_momentum": fraction(low_open=True),
+    "train.epochs": integer(1),
+    "train.batch_size": integer(1),
+    "train.learning_rate": positive_number(),
+    "train.lr_schedule": choice("constant", "reduce_on_plateau"),
+    "train.reduce_lr_factor": fraction(low_open=True),
+    "train.reduce_lr_patience": integer(0),
+    "train.early_stopping_patience": integer(0),
+    "train.verbose": integer(0, 2),
+}
+
+
+def _cross_field_problems(values: Mapping[str, Any]) -> list[str]:
+    """Checks that involve several keys; run only when every key is individually valid."""
+    fractions = [values[f"data.{part}_fraction"] for part in ("train", "val", "test")]
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        return [f"data.train_fraction + data.val_fraction + data.test_fraction = "
+                f"{' + '.join(map(str, fractions))} = {sum(fractions):g}; they must sum to 1"]
+    return []
+
+
+class Section(Mapping):
+    """One read-only config section with attribute access: ``cfg.train.epochs``."""
+
+    def __init__(self, name: str, values: Mapping[str, Any]):
+        self._name = name
+        self._values = dict(values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"config section '{self._name}' has no key '{key}'") from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Section({self._name}, {self._values})"
+
+
+class Config(Mapping):
+    """The merged, validated configuration of one run; sections are attributes (``cfg.data``)."""
+
+    def __init__(self, values: Mapping[str, Mapping[str, Any]], root: Path):
+        self._sections = {name: Section(name, section) for name, section in values.items()}
+        self.root = Path(root)
+
+    def __getattr__(self, name: str) -> Section:
+        try:
+            return self.__dict__["_sections"][name]
+        except KeyError:
+            raise AttributeError(f"config has no section '{name}'") from None
+
+    def __getitem__(self, name: str) -> Section:
+        return self._sections[name]
+
+    def __iter__(self):
+        return iter(self._sections)
+
+    def __len__(self) -> int:
+        return len(self._sections)
+
+    def path(self, key: str) -> Path:
+        """An entry of the ``paths`` section as an absolute path (relative ones are under root)."""
+        return self.root / self.paths[key]
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(section) for name, section in self._sections.items()}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: Path) -> Path:
+        Path(path).write_text(self.to_yaml())
+        return Path(path)
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: cwd) that holds the config file."""
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_RELATIVE_PATH).is_file():
+            return folder
+    raise ConfigError([f"no {CONFIG_RELATIVE_PATH} found in {start} or any folder above it; "
+                       "run from inside the imgcls project or pass the config path"])
+
+
+def parse_set_option(option: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is read as YAML (numbers, lists)."""
+    key, sep, raw = option.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([f"--set {option!r}: expected section.key=value, e.g. train.epochs=3"])
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _flatten(nested: Mapping[str, Any], source: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, values in nested.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError([f"{source}: section '{section}' must be a mapping of keys to values"])
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def _suggestion(key: str, known: list[str]) -> str:
+    """The closest known key: same name in another section first, then the nearest spelling."""
+    name = key.split(".")[-1]
+    same_name = [k for k in known if k.split(".", 1)[1] == name]
+    by_name = {k.split(".", 1)[1]: k for k in known}
+    close = same_name or difflib.get_close_matches(key, known, n=1, cutoff=0.6) or [
+        by_name[m] for m in difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.6)]
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def validate(values: Mapping[str, Any], source: str) -> list[str]:
+    """Every problem in a flat ``section.key -> value`` mapping, as one sentence each."""
+    problems = []
+    for key, value in values.items():
+        rule = RULES.get(key)
+        if rule is None:
+            problems.append(f"unknown key '{key}' (from {source}){_suggestion(key, list(RULES))}")
+        elif not rule.is_type(value):
+            problems.append(f"{key} = {_describe(value)}: expected {rule.allowed or rule.type_name}")
+        elif not rule.is_allowed(value):
+            problems.append(f"{key} = {value!r}: allowed is {rule.allowed}")
+    missing = [key for key in RULES if key not in values]
+    problems += [f"missing key '{key}' in {source}" for key in missing]
+    return problems or _cross_field_problems(values)
+
+
+def load_config(path: str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None,
+                set_options: list[str] | None = None) -> Config:
+    """Load the YAML defaults, apply overrides, validate everything, and return the Config.
+
+    ``overrides`` maps ``section.key`` to a value (``None`` values are ignored, so a papermill
+    parameter left at ``None`` keeps the default); ``set_options`` are ``section.key=value`` strings.
+    """
+    path = Path(path) if path else find_project_root() / CONFIG_RELATIVE_PATH
+    if not path.is_file():
+        raise ConfigError([f"config file {path} does not exist"])
+    try:
+        defaults = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path} is not valid YAML: {error}"]) from None
+    values = _flatten(defaults, str(path))
+    problems = validate(values, str(path))
+    if problems:
+        raise ConfigError(problems)
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    changes.update(parse_set_option(option) for option in set_options or [])
+    merged = {**values, **copy.deepcopy(changes)}
+    problems = validate(merged, "overrides")
+    if problems:
+        raise ConfigError(problems)
+    return Config(_nest(merged), root=path.resolve().parent.parent)
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = value
+    return nested

@@ -1,0 +1,81 @@
+"""Figures: one function per figure, each returning a matplotlib Figure for notebooks to show."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+
+def plot_class_counts(counts: pd.DataFrame) -> Figure:
+    """Bar chart of images per class (``counts`` from ``data_utils.class_counts``)."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(counts) + 2), 3.5))
+    ax.bar(counts.index.astype(str), counts["images"], color="#4C72B0")
+    ax.set(xlabel="class", ylabel="images", title="Images per class")
+    ax.bar_label(ax.containers[0], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str],
+                    columns: int, title: str = "") -> Figure:
+    """Images in a grid, each titled with its class name."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, images, labels):
+        _show_image(ax, image)
+        ax.set_title(class_names[label], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_augmentation_preview(image: np.ndarray, augmentation, count: int = 8) -> Figure:
+    """The same image under ``count`` random augmentations (first panel: the original)."""
+    batch = np.repeat(image[None].astype("float32"), count, axis=0)
+    augmented = np.asarray(augmentation(batch, training=True))
+    fig, axes = plt.subplots(1, count + 1, figsize=(1.3 * (count + 1), 1.6))
+    for ax, picture, name in zip(axes, [image, *augmented],
+                                 ["original", *[f"#{i + 1}" for i in range(count)]]):
+        _show_image(ax, picture)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(history: pd.DataFrame) -> Figure:
+    """Accuracy and loss per epoch for training and validation."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = np.arange(1, len(history) + 1)
+    for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
+        ax.plot(epochs, history[metric], label="train")
+        ax.plot(epochs, history[f"val_{metric}"], label="validation")
+        ax.set(xlabel="epoch", ylabel=metric, title=metric.capitalize())
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str]) -> Figure:
+    """Heatmap of the confusion matrix: rows are true classes, columns predicted classes."""
+    size = max(4, 0.55 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    sns.heatmap(np.asarray(matrix), annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
+                xticklabels=class_names, yticklabels=class_names)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test split)")
+    fig.tight_layout()
+    return fig
+
+
+def _show_image(ax, image: np.ndarray) -> None:
+    image = np.clip(np.asarray(image), 0, 255).astype("uint8")
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image)

@@ -1,0 +1,62 @@
+"""TensorFlow and Keras, imported once and quietly.
+
+Importing TensorFlow 2.21 writes absl log lines straight to file descriptor 2 (``oneDNN custom
+operations are on``, ``Could not find cuda drivers``, ``failed call to cuInit``...), and no
+environment variable silences them. In a notebook ipykernel turns them into cell output: noise
+for users and a moving target for nbval. So the import and the device discovery run with fd 2
+redirected to a temporary file; afterwards every captured line that is not one of the known
+start-up notices is written back to stderr, so real errors stay visible.
+
+After start-up, ``TF_CPP_MIN_LOG_LEVEL`` does work: it defaults to 1 here, which drops C++ INFO
+lines (e.g. one per TFRecordDataset) and keeps warnings and errors. A value the user set wins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
+
+STARTUP_NOTICES = re.compile("|".join([
+    r"All log messages before absl::InitializeLog\(\) is called",
+    r"oneDNN custom operations are on",
+    r"Could not find cuda drivers on your machine",
+    r"This TensorFlow binary is optimized to use available CPU instructions",
+    r"To enable the following instructions: .* rebuild TensorFlow",
+    r"failed call to cuInit",
+    r"Unable to register cu(DNN|FFT|BLAS) factory",
+    r"computation_placer\.cc.*already registered",
+    r"TF-TRT Warning: Could not find TensorRT",
+]))
+
+
+@contextmanager
+def _stderr_filtered(notices: re.Pattern = STARTUP_NOTICES):
+    """Capture fd 2 while the block runs, then re-emit the lines that are not ``notices``."""
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                    if line.strip() and not notices.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+with _stderr_filtered():
+    import tensorflow as tf
+    import keras
+
+    tf.config.list_physical_devices()
+
+__all__ = ["tf", "keras"]

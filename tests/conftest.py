@@ -1,0 +1,53 @@
+"""Shared fixtures: a throwaway project root with the real config and small real images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project root in tmp_path holding a copy of the real Hyperparameters.yaml."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, tmp_path / CONFIG_RELATIVE_PATH)
+    return tmp_path
+
+
+@pytest.fixture
+def make_config(project: Path):
+    """``make_config(**{"train.epochs": 2})`` -> a validated Config rooted at ``project``."""
+    def make(**overrides):
+        return load_config(project / CONFIG_RELATIVE_PATH, overrides=overrides)
+    return make
+
+
+def write_image(path: Path, size=(12, 10), mode="RGB", color=None, fmt=None, seed=0) -> Path:
+    """Write a small real image of random pixels (or one ``color``) in the given mode/format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if color is None:
+        channels = {"L": 1, "RGB": 3, "RGBA": 4}.get(mode, 3)
+        pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], channels), np.uint8)
+        image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels)
+    else:
+        image = Image.new(mode, size, color)
+    image.save(path, fmt)
+    return path
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    """Three classes of 10 distinct small RGB PNGs each: ``tmp_path/images/<class>/<i>.png``."""
+    root = tmp_path / "images"
+    for c, name in enumerate(["cat", "dog", "fox"]):
+        for i in range(10):
+            write_image(root / name / f"{i}.png", seed=100 * c + i)
+    return root

@@ -1,0 +1,50 @@
+import subprocess
+import sys
+import time
+
+from tests.conftest import REPO_ROOT
+
+
+def imgcls(*args, cwd=REPO_ROOT):
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "imgcls_utils.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    return done, time.monotonic() - started
+
+
+def test_misspelled_key_fails_fast_with_a_suggestion():
+    done, seconds = imgcls("run", "--set", "train.epocs=3")
+    assert done.returncode == 2 and seconds < 10
+    assert "epocs" in done.stderr and "did you mean 'train.epochs'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_out_of_range_fraction_names_the_key_and_range():
+    done, _ = imgcls("train", "--set", "data.val_fraction=1.5")
+    assert done.returncode == 2
+    assert "data.val_fraction = 1.5: allowed is a number in (0, 1)" in done.stderr
+
+
+def test_config_prints_the_merged_config():
+    done, _ = imgcls("config", "--set", "train.epochs=3")
+    assert done.returncode == 0 and "epochs: 3" in done.stdout
+
+
+def test_train_then_predict_from_the_shell(project, class_folder):
+    done, _ = imgcls("train", "--set", f"data.source={class_folder}", "--set", "train.epochs=1",
+                     "--set", "data.image_size=[16,16]", "--set", "train.verbose=0", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy:" in done.stdout
+    folder = done.stdout.split("model folder: ")[1].strip()
+    done, _ = imgcls("predict", folder, str(class_folder / "fox" / "3.png"), "--top-k", "2",
+                     cwd=project)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith(str(class_folder / "fox" / "3.png") + ":")
+    assert len([g for g in line.split(": ", 1)[1].split(", ") if g.split()[0] in
+                {"cat", "dog", "fox"}]) == 2
+
+
+def test_predict_on_a_non_model_folder_is_a_clear_error(tmp_path):
+    done, _ = imgcls("predict", str(tmp_path), str(tmp_path))
+    assert done.returncode == 2 and "not a finished model folder" in done.stderr

@@ -1,0 +1,26 @@
+import numpy as np
+
+from imgcls_utils import evaluation
+from imgcls_utils.runtime import keras, tf
+
+
+def test_per_class_report_matches_hand_counts():
+    report = evaluation.per_class_report(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]),
+                                         ["a", "b", "c"])
+    assert report.loc["a", "precision"] == 0.5 and report.loc["a", "recall"] == 0.5
+    assert report.loc["b", "precision"] == 2 / 3 and report.loc["b", "recall"] == 1.0
+    assert report.loc["c", "f1"] == 0.0 and report["support"].tolist() == [2, 2, 1]
+
+
+def test_evaluate_model_on_a_model_with_known_answers():
+    # A fixed "model" that predicts class = argmax of the first three input values.
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Softmax()(inputs * 100.0))
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = np.eye(3, dtype="float32")[[0, 1, 2, 2]]
+    y = np.array([0, 1, 2, 1])
+    metrics = evaluation.evaluate_model(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(2),
+                                        ["a", "b", "c"])
+    assert metrics["test_accuracy"] == 0.75 and metrics["test_images"] == 4
+    assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    assert metrics["per_class"]["b"]["recall"] == 0.5
