@@ -86,6 +86,27 @@ def int_list(length: int | None, minimum: int) -> Rule:
                 and all(x >= minimum for x in v))
 
 
+def auto_or_boolean() -> Rule:
+    return Rule("auto/true/false", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false")
+
+
+def or_null(rule: Rule) -> Rule:
+    """``rule``, or null (YAML ``null``, Python None) meaning "not set"."""
+    return Rule(f"{rule.type_name} or null", lambda v: v is None or rule.is_type(v),
+                f"{rule.allowed or rule.type_name} or null",
+                lambda v: v is None or rule.is_allowed(v))
+
+
+def folder_names() -> Rule:
+    """Distinct names that can each be a folder name (class names become class folders)."""
+    return Rule("list of strings",
+                lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                "a list of at least 2 distinct, non-empty names without '/' or '\\' that do "
+                "not start with '.'",
+                lambda v: len(v) >= 2 and len(set(v)) == len(v)
+                and all(x and not x.startswith(".") and not {"/", "\\"} & set(x) for x in v))
+
+
 RULES: dict[str, Rule] = {
     "paths.raw_dir": text(),
     "paths.processed_dir": text(),
@@ -98,7 +119,17 @@ RULES: dict[str, Rule] = {
     "data.val_fraction": fraction(low_open=True),
     "data.test_fraction": fraction(low_open=True),
     "data.seed": integer(0),
-    "data.cache": boolean(),
+    "data.class_names": or_null(folder_names()),
+    "data.min_image_size": int_list(2, minimum=1),
+    # Pillow refuses to open anything above twice its own warning threshold (178,956,970 pixels).
+    "data.max_pixels": integer(1, maximum=178_956_970),
+    # Further apart, the near-duplicate search compares most pairs (70,000 images: 4 s at 20,
+    # 90 s at 32) and distinct pictures start to match.
+    "data.near_duplicate_distance": or_null(integer(0, maximum=20)),
+    "data.folds": Rule("integer", _is_int, "0 (off) or an integer >= 2",
+                       lambda v: v == 0 or v >= 2),
+    "data.cache": auto_or_boolean(),
+    "data.cache_budget_mb": integer(0),
     "augment.enabled": boolean(),
     "augment.flip": choice("none", "horizontal", "vertical", "horizontal_and_vertical"),
     "augment.rotation": fraction(high_open=False),
@@ -108,19 +139,43 @@ RULES: dict[str, Rule] = {
     "model.name": Rule("string", lambda v: isinstance(v, str),
                        "letters, digits, '-' and '_' only",
                        lambda v: v != "" and all(c.isalnum() or c in "-_" for c in v)),
-    "model.family": choice("cnn", "mlp"),
+    "model.family": choice("cnn", "mlp", "transfer"),
     "model.conv_filters": int_list(None, minimum=1),
     "model.dense_units": integer(1),
     "model.dropout": fraction(),
     "model.batch_norm": boolean(),
     "model.batch_norm_momentum": fraction(low_open=True),
+    "model.residual": boolean(),
+    "model.l2": fraction(),
+    # The keys of imgcls_utils.models.BACKBONES (a test keeps them equal).
+    "model.backbone": choice("mobilenet_v2", "efficientnet_b0", "resnet50", "inception_v3", "vgg16"),
+    "model.weights": text(),
+    "model.backbone_alpha": positive_number(),
+    "model.backbone_input_size": Rule("integer", _is_int, "0 (automatic) or an integer >= 32",
+                                      lambda v: v == 0 or v >= 32),
+    "model.fine_tune_layers": integer(0),
     "train.epochs": integer(1),
     "train.batch_size": integer(1),
     "train.learning_rate": positive_number(),
-    "train.lr_schedule": choice("constant", "reduce_on_plateau"),
+    "train.optimizer": choice("adam", "adamw", "sgd"),
+    "train.momentum": fraction(),
+    "train.weight_decay": fraction(),
+    "train.lr_schedule": choice("constant", "cosine", "step", "reduce_on_plateau"),
+    "train.warmup_epochs": integer(0),
+    "train.step_decay_epochs": integer(1),
+    "train.step_decay_factor": fraction(low_open=True),
     "train.reduce_lr_factor": fraction(low_open=True),
     "train.reduce_lr_patience": integer(0),
     "train.early_stopping_patience": integer(0),
+    "train.label_smoothing": fraction(),
+    "train.class_weight": choice("none", "balanced"),
+    "train.fine_tune_epochs": integer(0),
+    "train.fine_tune_learning_rate": positive_number(),
+    "train.strategy": choice("auto", "cpu", "gpu", "mirrored", "multi_worker"),
+    "train.mixed_precision": choice("auto", "off", "mixed_float16", "mixed_bfloat16"),
+    "train.jit_compile": auto_or_boolean(),
+    "train.steps_per_execution": integer(1),
+    "train.deterministic": boolean(),
     "train.verbose": integer(0, 2),
 }
 

@@ -1,0 +1,364 @@
+"""Scan: account for every file under a source folder, as a usable image or skipped with a reason.
+
+A file is judged from its header first (format, size in pixels) so that a decompression bomb is
+never decoded; only then is it decoded once, at thumbnail size, which both proves it is intact
+(a truncated file fails here) and yields its perceptual hash. No pixels are kept. Copies are
+grouped (see ``duplicates``); copies filed under different labels are excluded, because no one
+can say which label is right and keeping either would teach the model a contradiction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from . import duplicates
+from .config import Config, Section
+from .errors import DataError
+from .images import (IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS, decode_thumbnail,
+                     load_image, pixel_limit_checked_by_caller)
+
+# Files that operating systems and NAS boxes leave behind; never data, ignored without a report.
+SYSTEM_NAMES = {"Thumbs.db", "desktop.ini", "__MACOSX", "@eaDir"}
+# A thumbnail this size is plenty for a 64 x 64 pHash and decodes JPEGs at 1/8 scale.
+HASH_THUMBNAIL_SIDE = 128
+# What a damaged file makes Pillow's decoders raise.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+CACHE_SUFFIX = ".scan-cache.json"
+CACHE_VERSION = 1  # bump when a record's fields or the checks change
+IMAGE_COLUMNS = ["path", "label", "width", "height", "mode", "format", "frames", "sha256", "phash"]
+SKIPPED_COLUMNS = ["path", "problem", "reason"]
+
+
+@dataclass
+class ScanResult:
+    """What a scan found under ``folder``.
+
+    ``images``: usable images (path, label, size, mode, format, frames, sha256, phash, group);
+    ``skipped``: every other file with a ``problem`` category and a ``reason``;
+    ``duplicates``: every image that has copies, by group (including excluded conflicting ones).
+    """
+
+    folder: Path
+    images: pd.DataFrame
+    skipped: pd.DataFrame
+    duplicates: pd.DataFrame
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted(self.images["label"].unique())
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the scan accepts; the defaults reject nothing beyond what Pillow itself refuses."""
+
+    min_size: tuple[int, int] = (1, 1)
+    max_pixels: int = PILLOW_PIXEL_LIMIT
+    near_duplicate_distance: int | None = None
+
+    @classmethod
+    def from_config(cls, data: Section) -> Limits:
+        return cls(tuple(data.min_image_size), data.max_pixels, data.near_duplicate_distance)
+
+
+def scan_image_folder(folder: Path, data: Section | None = None,
+                      cache_file: Path | None = None) -> ScanResult:
+    """Account for every file under ``folder`` (``<folder>/<class>/.../<image>``): each is a
+    usable image or skipped with a reason. ``data`` supplies the size limits and the
+    near-duplicate distance; without it only Pillow's own limit and identical copies apply.
+    With ``cache_file``, files unchanged since the last scan are not read again."""
+    folder = Path(folder)
+    limits = Limits.from_config(data) if data is not None else Limits()
+    candidates, skipped = _walk(folder)
+    records = _inspect_all(folder, candidates, limits, cache_file)
+    images = pd.DataFrame([r for r in records if "reason" not in r], columns=IMAGE_COLUMNS)
+    skipped += [r for r in records if "reason" in r]
+    images = images.sort_values("path").reset_index(drop=True)
+    images["group"] = duplicates.find_groups(images, limits.near_duplicate_distance)
+    table = duplicates.duplicate_table(images)
+    conflicting = table[table["conflict"]]
+    skipped += [_conflict_record(conflicting, row) for row in conflicting.itertuples()]
+    images = images[~images["path"].isin(conflicting["path"])].reset_index(drop=True)
+    skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).sort_values("path", ignore_index=True)
+    result = ScanResult(folder, images, skipped, table)
+    _check_usable(result, _class_folders(folder))
+    return result
+
+
+def scan_source(cfg: Config) -> ScanResult:
+    """Resolve ``data.source`` (materializing a built-in source) and scan it with the ``data``
+    limits, keeping a cache of per-file results in ``paths.processed_dir``."""
+    from .sources import resolve_source
+
+    folder = resolve_source(cfg.data, cfg.path("raw_dir"))
+    cache_file = cfg.path("processed_dir") / f"{folder.name}{CACHE_SUFFIX}"
+    return scan_image_folder(folder, cfg.data, cache_file)
+
+
+# ----------------------------------------------------------------------------- walk
+
+def _is_hidden(name: str) -> bool:
+    """Dot files (``.DS_Store``, macOS ``._*`` resource forks) and system files."""
+    return name.startswith(".") or name in SYSTEM_NAMES
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.is_symlink() and not _is_hidden(p.name))
+
+
+def _walk(folder: Path) -> tuple[dict[str, list[int]], list[dict]]:
+    """The files to inspect (relative path -> ``_stamp``), and skip records for files that
+    cannot be images at all (outside a class folder, wrong extension, symlinks not followed)."""
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; expected <folder>/<class>/<image>")
+    root = folder.resolve()
+    candidates, skipped = {}, []
+
+    def visit(directory: str, prefix: str) -> None:
+        with os.scandir(directory) as scanned:
+            entries = sorted((e for e in scanned if not _is_hidden(e.name)), key=lambda e: e.name)
+        for entry in entries:
+            relative = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                visit(entry.path, relative + "/")
+                continue
+            problem = _path_problem(entry, relative, root)
+            if problem:
+                skipped.append({"path": relative, "problem": problem[0], "reason": problem[1]})
+            else:
+                candidates[relative] = _stamp(entry)
+
+    visit(str(folder), "")
+    return candidates, skipped
+
+
+def _path_problem(entry: os.DirEntry, relative: str, root: Path) -> tuple[str, str] | None:
+    """Why a file cannot be an image of the dataset, judged from its name and link alone."""
+    if entry.is_symlink():
+        target = Path(entry.path).resolve()
+        if not target.exists():
+            return "symlink", f"broken symlink -> {os.readlink(entry.path)}"
+        if not target.is_relative_to(root):
+            return "symlink", f"symlink to {target}, outside the source folder: not followed"
+        if target.is_dir():  # never followed: it could loop, or count images twice
+            return "symlink", f"symlinked folder -> {os.readlink(entry.path)}: not followed"
+    if "/" not in relative:
+        return "not in a class folder", "file outside the class folders: it has no label"
+    extension = os.path.splitext(entry.name)[1]
+    if extension.lower() not in IMAGE_EXTENSIONS:
+        return "unsupported format", f"unsupported extension {extension or '(none)'!r}"
+    return None
+
+
+def _stamp(entry: os.DirEntry | Path) -> list[int]:
+    """Size, modification and change time: the change time moves on every write and no tool
+    can set it back, so an edited file never looks unchanged."""
+    stat = entry.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+# ----------------------------------------------------------------------------- inspect
+
+def _inspect_all(folder: Path, candidates: dict[str, list[int]], limits: Limits,
+                 cache_file: Path | None) -> list[dict]:
+    """Inspect files on all cores (Pillow and hashlib release the GIL while they work), except
+    those the cache holds with the same size, modification and change time."""
+    key = {"version": CACHE_VERSION, "min_size": list(limits.min_size),
+           "max_pixels": limits.max_pixels}
+    cached = _read_cache(cache_file, key)
+    todo = [path for path, stamp in candidates.items()
+            if cached.get(path, {}).get("stamp") != stamp]
+    with pixel_limit_checked_by_caller(), ThreadPoolExecutor(os.cpu_count()) as pool:
+        results = pool.map(lambda relative: _inspect(folder, relative, limits), todo)
+        fresh = dict(zip(todo, tqdm(results, total=len(todo), desc=f"scanning {folder.name}",
+                                    unit="file", leave=False, mininterval=1.0, disable=None)))
+    records = [fresh[path] if path in fresh else cached[path]["record"] for path in candidates]
+    if cache_file is not None and (todo or len(cached) != len(candidates)):
+        _write_cache(cache_file, key, {path: {"stamp": stamp, "record": record} for
+                                       (path, stamp), record in zip(candidates.items(), records)})
+    return records
+
+
+def _read_cache(cache_file: Path | None, key: dict) -> dict:
+    if cache_file is None or not Path(cache_file).is_file():
+        return {}
+    try:
+        cache = json.loads(Path(cache_file).read_text())
+    except ValueError:
+        return {}  # a damaged cache is only a slower scan
+    return cache["files"] if cache.get("key") == key else {}
+
+
+def _write_cache(cache_file: Path, key: dict, files: dict) -> None:
+    cache_file = Path(cache_file)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(cache_file.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "files": files}, separators=(",", ":")))
+    os.replace(tmp, cache_file)
+
+
+def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
+    """One file's facts (header, content hash, perceptual hash), or its problem and reason."""
+    path = folder / relative
+    record = {"path": relative, "label": relative.split("/", 1)[0]}
+    if path.stat().st_size == 0:
+        return {**record, "problem": "empty", "reason": "empty file (0 bytes)"}
+    try:
+        with Image.open(path) as image:
+            facts = {"width": image.width, "height": image.height, "mode": image.mode,
+                     "format": image.format, "frames": getattr(image, "n_frames", 1)}
+            problem = _header_problem(facts, limits)
+            if problem:
+                return {**record, "problem": problem[0], "reason": problem[1]}
+            phash = duplicates.perceptual_hash(decode_thumbnail(image, HASH_THUMBNAIL_SIDE))
+    except Image.DecompressionBombError as error:
+        return {**record, "problem": "too large", "reason": f"not opened: {error}"}
+    except UnidentifiedImageError:
+        return {**record, "problem": "not an image",
+                "reason": f"not an image: named {path.suffix}, but no known image format inside"}
+    except DECODE_ERRORS as error:
+        return {**record, "problem": "corrupt", "reason": f"truncated or corrupt image: {error}"}
+    return {**record, **facts, "sha256": file_sha256(path), "phash": phash}
+
+
+def _header_problem(facts: dict, limits: Limits) -> tuple[str, str] | None:
+    """Format and size checks that need only the header, so nothing too large is decoded."""
+    width, height = facts["width"], facts["height"]
+    if facts["format"] not in SUPPORTED_FORMATS:
+        return "unsupported format", f"unsupported image format {facts['format']}"
+    if width * height > limits.max_pixels:
+        return "too large", (f"{width} x {height} = {width * height:,} pixels is over "
+                             f"data.max_pixels = {limits.max_pixels:,} (possible decompression "
+                             "bomb): not decoded")
+    min_height, min_width = limits.min_size
+    if height < min_height or width < min_width:
+        return "too small", (f"{width} x {height} pixels is below data.min_image_size = "
+                             f"[{min_height}, {min_width}] (height, width)")
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _conflict_record(conflicting: pd.DataFrame, row) -> dict:
+    others = conflicting[(conflicting["group"] == row.group) & (conflicting["path"] != row.path)]
+    copies = ", ".join(f"{path} ({label})" for path, label in zip(others["path"], others["label"]))
+    return {"path": row.path, "problem": "conflicting duplicate",
+            "reason": f"labelled {row.label}, but copies are labelled otherwise: {copies}; "
+                      "excluded, since the right label is unknown"}
+
+
+def _check_usable(scan: ScanResult, class_dirs: list[Path]) -> None:
+    if scan.images.empty:
+        problems = scan.skipped["problem"].value_counts().sort_index()
+        found = ", ".join(f"{count} {problem}" for problem, count in problems.items()) or "no files"
+        raise DataError(f"{scan.folder} holds no usable images ({found}); expected "
+                        "<folder>/<class>/<image> with PNG, JPEG, BMP, GIF, WebP or TIFF images")
+    used = set(scan.images["label"])
+    empty = [d.name for d in class_dirs if d.name not in used]
+    if empty:
+        raise DataError(f"{scan.folder}: class folder(s) {', '.join(empty)} contain no usable "
+                        "images; add images or remove the folder")
+    if len(used) < 2:
+        raise DataError(f"{scan.folder}: found {len(used)} class; classification needs at least 2 "
+                        "class sub-folders")
+
+
+# ----------------------------------------------------------------------------- summaries
+
+def class_counts(images: pd.DataFrame) -> pd.DataFrame:
+    """Images per class, sorted by class name, with each class's share of the total."""
+    counts = images["label"].value_counts().sort_index().rename("images").to_frame()
+    counts["share"] = (counts["images"] / counts["images"].sum()).round(3)
+    counts.index.name = "class"
+    return counts
+
+
+def class_imbalance(images: pd.DataFrame) -> dict:
+    """The largest and smallest class and the ratio of their image counts (1.0 = balanced)."""
+    counts = images["label"].value_counts().sort_index()
+    largest, smallest = counts.idxmax(), counts.idxmin()
+    return {"largest": largest, "largest_images": int(counts[largest]), "smallest": smallest,
+            "smallest_images": int(counts[smallest]),
+            "ratio": round(float(counts[largest] / counts[smallest]), 2)}
+
+
+def image_size_summary(images: pd.DataFrame) -> pd.DataFrame:
+    """How many images have each (width, height, mode) combination, most common first."""
+    return (images.groupby(["width", "height", "mode"]).size().rename("images")
+            .sort_values(ascending=False).reset_index())
+
+
+def animated_images(scan: ScanResult) -> pd.DataFrame:
+    """Usable images with several frames (animated GIF/WebP/PNG, multi-page TIFF): training
+    uses their first frame."""
+    return scan.images.loc[scan.images["frames"] > 1, ["path", "label", "format", "frames"]]
+
+
+def load_samples(scan: ScanResult, per_class: int, data: Section) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``per_class`` images of each class (by path), decoded as for training:
+    ``(images, labels)`` with labels as indices into ``scan.class_names``."""
+    rows = scan.images.sort_values("path").groupby("label", sort=True).head(per_class)
+    rows = rows.sort_values(["label", "path"])
+    images = [load_image(scan.folder / path, tuple(data.image_size), data.channels)
+              for path in rows["path"]]
+    labels = [scan.class_names.index(label) for label in rows["label"]]
+    return np.stack(images), np.array(labels)
+
+
+def pixel_statistics(scan: ScanResult, data: Section, max_images: int = 2000) -> pd.DataFrame:
+    """Mean, standard deviation, min and max of pixel values per channel, after decoding as for
+    training, over all images or a seeded sample of ``max_images``."""
+    rows = scan.images
+    if len(rows) > max_images:
+        rows = rows.sample(max_images, random_state=data.seed)
+    pixels = np.stack([load_image(scan.folder / p, tuple(data.image_size), data.channels)
+                       for p in rows["path"]]).reshape(-1, data.channels).astype(np.float64)
+    names = ["gray"] if data.channels == 1 else ["red", "green", "blue"]
+    return pd.DataFrame({"mean": pixels.mean(0), "std": pixels.std(0), "min": pixels.min(0),
+                         "max": pixels.max(0)}, index=pd.Index(names, name="channel")).round(2)
+
+
+def scan_report(scan: ScanResult) -> str:
+    """The whole scan as text: counts per class, imbalance, every skipped file with its reason,
+    animated images, duplicate groups and conflicting labels."""
+    imbalance = class_imbalance(scan.images)
+    lines = [f"source: {scan.folder}",
+             f"usable images: {len(scan.images)} in {len(scan.class_names)} classes; "
+             f"skipped files: {len(scan.skipped)}",
+             "", class_counts(scan.images).to_string(), "",
+             f"class imbalance: largest {imbalance['largest']} ({imbalance['largest_images']}), "
+             f"smallest {imbalance['smallest']} ({imbalance['smallest_images']}), "
+             f"ratio {imbalance['ratio']}"]
+    lines += _section("skipped files", [f"{r.path}: {r.reason}" for r in scan.skipped.itertuples()])
+    lines += _section("animated images (first frame used)",
+                      [f"{r.path}: {r.format}, {r.frames} frames"
+                       for r in animated_images(scan).itertuples()])
+    lines += _section("duplicate groups (each kept on one side of the split)",
+                      [f"group {group} ({rows['match'].iloc[0]}"
+                       f"{', conflicting labels: excluded' if rows['conflict'].iloc[0] else ''}): "
+                       + ", ".join(f"{p} [{label}]" for p, label in zip(rows["path"], rows["label"]))
+                       for group, rows in scan.duplicates.groupby("group")])
+    return "\n".join(lines)
+
+
+def _section(title: str, entries: list[str]) -> list[str]:
+    return ["", f"{title}: {len(entries) or 'none'}", *(f"  {entry}" for entry in entries)]

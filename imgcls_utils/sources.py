@@ -1,0 +1,332 @@
+"""Data sources: whatever ``data.source`` names becomes a folder of class sub-folders.
+
+- ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits (embedded, offline);
+- ``idx:<folder>``: MNIST-format IDX files, e.g. ``idx:/usr/share/datasets/fashion-mnist``;
+- ``tfds:<name>``: a TensorFlow Datasets image classification set, e.g. ``tfds:tf_flowers``;
+- any other value: a folder of class sub-folders (absolute, or relative to ``paths.raw_dir``).
+
+Built-in sources are materialized once as ``Raw_Data/<name>/<class>/<id>.png``, so everything
+downstream takes the same path as the user's own images. The folder is assembled under a hidden
+name and renamed when complete; a marker file inside records what it was made from, so later
+runs return at once and a folder that imgcls did not write is never touched.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .config import Section
+from .errors import DataError
+
+DIGITS_SOURCE = "digits"
+IDX_PREFIX = "idx:"
+TFDS_PREFIX = "tfds:"
+MARKER_FILE = ".imgcls-source.json"
+# A host TensorFlow Datasets downloads from; reaching it tells "offline" apart within seconds,
+# where tfds itself retries for minutes before giving up.
+NETWORK_PROBE = ("storage.googleapis.com", 443)
+WRITE_CHUNK = 4096
+IDX_FILE = re.compile(r"^(?P<part>.+)-(?P<kind>images|labels)[.-]idx(?P<ndim>[13])-ubyte(\.gz)?$")
+
+# One sample of a built-in source: (path relative to its folder, PNG/JPEG bytes or uint8 pixels).
+Sample = tuple[str, "bytes | np.ndarray"]
+
+
+def resolve_source(data: Section, raw_dir: Path) -> Path:
+    """The image folder for ``data.source``; built-in sources are materialized into ``raw_dir``."""
+    source, class_names = data.source, data.class_names
+    if source == DIGITS_SOURCE:
+        return materialize_digits(raw_dir, class_names)
+    if source.startswith(IDX_PREFIX):
+        return materialize_idx(_user_path(source[len(IDX_PREFIX):], raw_dir), raw_dir, class_names)
+    if source.startswith(TFDS_PREFIX):
+        return materialize_tfds(source[len(TFDS_PREFIX):], raw_dir, class_names)
+    folder = _user_path(source, raw_dir)
+    if not folder.is_dir():
+        raise DataError(f"data.source: folder {folder} does not exist; give '{DIGITS_SOURCE}', "
+                        f"'{IDX_PREFIX}<folder>', '{TFDS_PREFIX}<name>' or a folder with one "
+                        "sub-folder of images per class")
+    if class_names is not None:
+        raise DataError(f"data.class_names is set, but the class names of folder {folder} are its "
+                        "sub-folder names; set data.class_names to null")
+    return folder
+
+
+def _user_path(text: str, raw_dir: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else Path(raw_dir) / path
+
+
+# ----------------------------------------------------------------------------- digits
+
+def materialize_digits(raw_dir: Path, class_names: list[str] | None = None) -> Path:
+    """scikit-learn's handwritten digits as ``raw_dir/digits/<class>/<id>.png`` (written once)."""
+    from sklearn.datasets import load_digits
+
+    target, marker = Path(raw_dir) / DIGITS_SOURCE, _marker(DIGITS_SOURCE, class_names)
+    if _is_materialized(target, marker):
+        return target
+    digits = load_digits()
+    names = _class_names(class_names, _numeric_names(10), DIGITS_SOURCE)
+    samples = ((f"{names[label]}/{index:04d}.png", np.round(image * (255 / 16)).astype(np.uint8))
+               for index, (image, label) in enumerate(zip(digits.images, digits.target)))
+    return _write_source(target, marker, names, samples)
+
+
+# ----------------------------------------------------------------------------- IDX (MNIST format)
+
+def materialize_idx(folder: Path, raw_dir: Path, class_names: list[str] | None = None) -> Path:
+    """MNIST-format files in ``folder`` (``<part>-images-idx3-ubyte[.gz]`` with its
+    ``<part>-labels-idx1-ubyte[.gz]``) as ``raw_dir/idx-<folder name>/<class>/<part>-<n>.png``."""
+    folder = Path(folder)
+    origin = f"{IDX_PREFIX}{folder.resolve()}"
+    target, marker = Path(raw_dir) / f"idx-{folder.name}", _marker(origin, class_names)
+    if _is_materialized(target, marker):
+        return target
+    parts = idx_parts(folder)
+    labels = {part: read_idx_labels(labels_file, images_file)
+              for part, (images_file, labels_file) in parts.items()}
+    largest = max(int(part_labels.max(initial=0)) for part_labels in labels.values())
+    names = _class_names(class_names, _numeric_names(largest + 1), origin)
+
+    def samples() -> Iterator[Sample]:
+        for part, (images_file, _) in parts.items():
+            width = len(str(len(labels[part]) - 1))
+            for index, (pixels, label) in enumerate(zip(iter_idx_images(images_file), labels[part])):
+                yield f"{names[label]}/{part}-{index:0{width}d}.png", pixels
+
+    return _write_source(target, marker, names, samples())
+
+
+def idx_parts(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """``{part: (images file, labels file)}`` for the IDX files in ``folder`` (train, t10k, ...)."""
+    if not Path(folder).is_dir():
+        raise DataError(f"data.source: IDX folder {folder} does not exist; give the folder that "
+                        "holds train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz")
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(Path(folder).iterdir()):
+        match = IDX_FILE.match(path.name)
+        if match:
+            found.setdefault(match["part"], {})[match["kind"]] = path
+    if not found:
+        raise DataError(f"{folder} holds no MNIST-format files (e.g. train-images-idx3-ubyte.gz "
+                        "and train-labels-idx1-ubyte.gz); point data.source at the folder that does")
+    for part, files in found.items():
+        if len(files) != 2:
+            missing = "labels" if "images" in files else "images"
+            raise DataError(f"{folder}: the {part}-{missing} IDX file for "
+                            f"{next(iter(files.values())).name} is missing; add it or remove that file")
+    return {part: (files["images"], files["labels"]) for part, files in found.items()}
+
+
+def read_idx_labels(labels_file: Path, images_file: Path) -> np.ndarray:
+    """The labels of an idx1 file (one byte per image), checked against its images file's count."""
+    with _open_idx(labels_file) as handle:
+        (count,) = _idx_shape(handle, labels_file, expected_ndim=1)
+        labels = np.frombuffer(_read(handle, count, labels_file), np.uint8)
+    with _open_idx(images_file) as handle:
+        images = _idx_shape(handle, images_file, expected_ndim=3)[0]
+    if images != count:
+        raise DataError(f"{images_file} holds {images} images but {labels_file.name} holds {count} "
+                        "labels; use files from the same release")
+    return labels
+
+
+def iter_idx_images(path: Path) -> Iterator[np.ndarray]:
+    """The images of an idx3 file one at a time, so a large file never sits in memory whole."""
+    with _open_idx(path) as handle:
+        count, rows, cols = _idx_shape(handle, path, expected_ndim=3)
+        for _ in range(count):
+            yield np.frombuffer(_read(handle, rows * cols, path), np.uint8).reshape(rows, cols)
+
+
+def _open_idx(path: Path):
+    return gzip.open(path, "rb") if Path(path).suffix == ".gz" else open(path, "rb")
+
+
+def _idx_shape(handle, path: Path, expected_ndim: int) -> tuple[int, ...]:
+    """Read the IDX header: two zero bytes, the data type (0x08 = unsigned byte), the number of
+    dimensions, then each dimension as a big-endian uint32."""
+    magic = _read(handle, 4, path)
+    if magic[:2] != b"\0\0" or magic[3] != expected_ndim:
+        raise DataError(f"{path} is not an IDX file with {expected_ndim} dimension(s) (header "
+                        f"{magic.hex()}); give MNIST-format files")
+    if magic[2] != 0x08:
+        raise DataError(f"{path} holds IDX data type 0x{magic[2]:02x}; only unsigned bytes (0x08) "
+                        "are supported")
+    return struct.unpack(f">{expected_ndim}I", _read(handle, 4 * expected_ndim, path))
+
+
+def _read(handle, size: int, path: Path) -> bytes:
+    """Exactly ``size`` bytes, or a DataError: a short read or a broken gzip stream means the
+    file is damaged."""
+    try:
+        data = handle.read(size)
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path} is damaged ({error}); download it again") from None
+    if len(data) != size:
+        raise DataError(f"{path} is truncated; download it again")
+    return data
+
+
+# ----------------------------------------------------------------------------- TensorFlow Datasets
+
+def materialize_tfds(name: str, raw_dir: Path, class_names: list[str] | None = None) -> Path:
+    """All splits of the TensorFlow Datasets set ``name`` as ``raw_dir/tfds-<name>/<class>/<n>.png``
+    (or ``.jpg``: the stored bytes are copied, not re-encoded). Downloads on first use."""
+    origin = f"{TFDS_PREFIX}{name}"
+    target = Path(raw_dir) / f"tfds-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
+    marker = _marker(origin, class_names)
+    if _is_materialized(target, marker):
+        return target
+    builder = _tfds_builder(name)
+    image_key, label_key = _image_and_label_keys(builder, origin)
+    names = _class_names(class_names, builder.info.features[label_key].names, origin)
+    _download(builder, origin)
+    return _write_source(target, marker, names, _tfds_samples(builder, image_key, names))
+
+
+def _tfds_builder(name: str):
+    from . import runtime  # noqa: F401  (imports TensorFlow quietly, before tfds does)
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"data.source: '{TFDS_PREFIX}{name}' is not a TensorFlow Datasets name; "
+                        "see https://www.tensorflow.org/datasets/catalog (e.g. tfds:tf_flowers)") from None
+
+
+def _image_and_label_keys(builder, origin: str) -> tuple[str, str]:
+    import tensorflow_datasets as tfds
+
+    keys = builder.info.supervised_keys
+    features = builder.info.features
+    if (not keys or len(keys) != 2 or not isinstance(features[keys[0]], tfds.features.Image)
+            or not isinstance(features[keys[1]], tfds.features.ClassLabel)):
+        raise DataError(f"data.source: {origin} is not an image classification dataset (its "
+                        f"supervised keys are {keys}); choose one with (image, label) pairs")
+    return keys
+
+
+def _download(builder, origin: str) -> None:
+    """Download and prepare once; offline, fail within seconds with what to do."""
+    if builder.is_prepared():
+        return
+    needs_network = (f"data.source: {origin} is not downloaded yet and TensorFlow Datasets needs "
+                     "network access on first use")
+    if not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        try:
+            socket.create_connection(NETWORK_PROBE, timeout=5).close()
+        except OSError:
+            raise DataError(f"{needs_network}, but {NETWORK_PROBE[0]} is unreachable; connect to "
+                            "the internet and run again, or use a local source") from None
+    try:
+        builder.download_and_prepare()
+    except OSError as error:
+        raise DataError(f"{needs_network}, and the download failed ({error}); check the "
+                        "connection and run again") from None
+
+
+def _tfds_samples(builder, image_key: str, names: list[str]) -> Iterator[Sample]:
+    import tensorflow_datasets as tfds
+
+    dataset = builder.as_dataset(split="all", as_supervised=True,
+                                 decoders={image_key: tfds.decode.SkipDecoding()})
+    for index, (encoded, label) in enumerate(tfds.as_numpy(dataset)):
+        extension = ".jpg" if encoded[:2] == b"\xff\xd8" else ".png"
+        yield f"{names[label]}/{index:06d}{extension}", encoded
+
+
+# ----------------------------------------------------------------------------- materializing
+
+def _numeric_names(count: int) -> list[str]:
+    """``0 .. count-1``, zero-padded so that sorting the names keeps label order."""
+    width = len(str(count - 1))
+    return [f"{label:0{width}d}" for label in range(count)]
+
+
+def _class_names(configured: list[str] | None, default: list[str], origin: str) -> list[str]:
+    if configured is None:
+        return list(default)
+    if len(configured) != len(default):
+        raise DataError(f"data.class_names has {len(configured)} names but {origin} has "
+                        f"{len(default)} classes; give one name per label, in label order, or null")
+    return list(configured)
+
+
+def _marker(origin: str, class_names: list[str] | None) -> dict:
+    """What a materialized folder records about how it was made (checked on every later run)."""
+    return {"source": origin, "data.class_names": class_names}
+
+
+def _is_materialized(folder: Path, marker: dict) -> bool:
+    """True when ``folder`` holds a complete copy made as ``marker`` says; an error when it holds
+    anything else, which must not be overwritten."""
+    if not folder.exists():
+        return False
+    path = folder / MARKER_FILE
+    if not path.is_file():
+        raise DataError(f"{folder} exists but imgcls did not materialize it (no {MARKER_FILE}); "
+                        "rename or delete it, or set data.source to its path to use it as a folder")
+    made = json.loads(path.read_text())
+    if {key: made.get(key) for key in marker} != marker:
+        raise DataError(f"{folder} was materialized from {made.get('source')} with data.class_names "
+                        f"= {made.get('data.class_names')}, not from {marker['source']} with "
+                        f"{marker['data.class_names']}; delete that folder to materialize it again, "
+                        "or restore those settings")
+    return True
+
+
+def _write_source(folder: Path, marker: dict, class_names: list[str],
+                  samples: Iterable[Sample]) -> Path:
+    """Write ``samples`` into ``folder``: assembled under a hidden name, marked, then renamed."""
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        count = _write_samples(staging, class_names, samples)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    made = {**marker, "class_names": class_names, "images": count}
+    (staging / MARKER_FILE).write_text(json.dumps(made, indent=2))
+    staging.rename(folder)
+    return folder
+
+
+def _write_samples(folder: Path, class_names: list[str], samples: Iterable[Sample]) -> int:
+    """Write every sample (encoding on all cores); returns how many were written."""
+    for name in class_names:
+        (folder / name).mkdir(parents=True)
+    count = 0
+    samples = iter(samples)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        while chunk := list(islice(samples, WRITE_CHUNK)):
+            count += sum(pool.map(lambda sample: _write_sample(folder, *sample), chunk))
+    for empty in [d for d in folder.iterdir() if not any(d.iterdir())]:
+        empty.rmdir()  # a label that never occurs would otherwise be an empty class folder
+    return count
+
+
+def _write_sample(folder: Path, relative: str, payload) -> int:
+    if isinstance(payload, np.ndarray):
+        buffer = io.BytesIO()
+        Image.fromarray(payload).save(buffer, "PNG", compress_level=1)
+        payload = buffer.getvalue()
+    (folder / relative).write_bytes(payload)
+    return 1
