@@ -31,14 +31,7 @@ def cmd_scan(args) -> int:
     from . import data_utils
 
     cfg = _config_from_args(args)
-    scan = data_utils.scan_image_folder(data_utils.resolve_source(cfg.data, cfg.path("raw_dir")))
-    print(f"source: {scan.folder}")
-    print(f"usable images: {len(scan.images)} in {len(scan.class_names)} classes; "
-          f"skipped files: {len(scan.skipped)}")
-    print(data_utils.class_counts(scan.images).to_string())
-    if len(scan.skipped):
-        print("\nskipped:")
-        print(scan.skipped.to_string(index=False))
+    print(data_utils.scan_report(data_utils.scan_source(cfg)))
     return 0
 
 
@@ -53,12 +46,28 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
+    cfg, work_dir = _resumed_run(args) if args.resume else (_config_from_args(args), None)
     from .pipeline import train_and_save
 
-    folder, metrics = train_and_save(_config_from_args(args))
+    folder, metrics = train_and_save(cfg, resume=work_dir)
+    if folder is None:
+        print("training done; the chief worker evaluates and saves the model folder")
+        return 0
     print(f"test accuracy: {metrics['test_accuracy']:.4f}")
     print(f"model folder: {folder}")
     return 0
+
+
+def _resumed_run(args) -> tuple[Config, Path]:
+    """The config and ``.partial`` folder of the run named by ``--resume``."""
+    if args.set:
+        raise UserError("--resume continues a run with the config it started with; "
+                        "drop the --set options (or start a new run without --resume)")
+    from .model_utils import find_unfinished_run, run_config
+
+    project = _config_from_args(args)
+    work_dir = find_unfinished_run(args.resume, project.path("models_dir"))
+    return run_config(work_dir, project.root), work_dir
 
 
 def cmd_predict(args) -> int:
@@ -124,8 +133,11 @@ def _parser() -> argparse.ArgumentParser:
 
     command("run", cmd_run, "run the three notebooks in order with papermill")
     command("prepare", cmd_prepare, "scan, split and preprocess the data source")
-    command("train", cmd_train, "prepare, train, evaluate and save a model folder")
-    command("scan", cmd_scan, "report usable and skipped files of the data source")
+    train = command("train", cmd_train, "prepare, train, evaluate and save a model folder")
+    train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its "
+                       "last finished epoch: its .partial folder or its name in models_dir")
+    command("scan", cmd_scan, "report usable and skipped files, class imbalance and "
+            "duplicates of the data source")
     command("config", cmd_config, "print the merged, validated config")
     predict = command("predict", cmd_predict, "top-k labels for new images, using the model "
                       "folder's own class names and preprocessing", configurable=False)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+
+from .images import load_image
 
 
 def plot_class_counts(counts: pd.DataFrame) -> Figure:
@@ -31,6 +35,31 @@ def plot_image_grid(images: np.ndarray, labels: np.ndarray, class_names: list[st
         ax.set_title(class_names[label], fontsize=8)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_duplicate_groups(duplicates: pd.DataFrame, folder: Path, max_groups: int = 6,
+                          max_copies: int = 6) -> Figure:
+    """Each duplicate group (``scan.duplicates``) as a row of its images side by side, titled
+    with label and file name; groups whose labels conflict are titled in red."""
+    groups = [rows.head(max_copies) for _, rows in duplicates.groupby("group")][:max_groups]
+    if not groups:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.text(0.5, 0.5, "no duplicates found", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    columns = max(len(rows) for rows in groups)
+    fig, axes = plt.subplots(len(groups), columns, figsize=(1.7 * columns, 1.9 * len(groups)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax_row, rows in zip(axes, groups):
+        for ax, row in zip(ax_row, rows.itertuples()):
+            _show_image(ax, load_image(Path(folder) / row.path, (64, 64), 3))
+            ax.set_title(f"{row.label}\n{Path(row.path).name}", fontsize=7,
+                         color="red" if row.conflict else "black")
+    fig.suptitle("Duplicate groups (one per row; red: conflicting labels, excluded)", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -3,6 +3,7 @@ import sys
 import time
 
 from tests.conftest import REPO_ROOT
+from tests.sample_files import make_messy_folder
 
 
 def imgcls(*args, cwd=REPO_ROOT):
@@ -48,3 +49,17 @@ def test_train_then_predict_from_the_shell(project, class_folder):
 def test_predict_on_a_non_model_folder_is_a_clear_error(tmp_path):
     done, _ = imgcls("predict", str(tmp_path), str(tmp_path))
     assert done.returncode == 2 and "not a finished model folder" in done.stderr
+
+
+def test_scan_prints_every_skipped_file_imbalance_and_duplicates(project, tmp_path):
+    make_messy_folder(tmp_path / "messy", tmp_path / "outside")
+    done, _ = imgcls("scan", "--set", f"data.source={tmp_path / 'messy'}",
+                     "--set", "data.max_pixels=100000", cwd=project)
+    assert done.returncode == 0, done.stderr
+    report = done.stdout
+    assert "usable images: 38 in 3 classes; skipped files: 16" in report
+    assert "class imbalance: largest fox (14), smallest cat (12), ratio 1.17" in report
+    assert "cat/truncated.jpg: truncated or corrupt image" in report
+    assert "cat/link_out.png: symlink to" in report and "stray.jpg: file outside" in report
+    assert "(exact, conflicting labels: excluded): cat/same_as_dog_good0.png [cat]" in report
+    assert "fox/animated.gif: GIF, 2 frames" in report

@@ -1,44 +1,25 @@
+"""The whole model life cycle through ``model_utils``: train and save a folder, load it, predict,
+and refuse folders that are unfinished, incomplete or changed."""
+
 import json
+import zipfile
 
 import numpy as np
 import pytest
 
-from imgcls_utils import data_utils, model_utils, pipeline
+from imgcls_utils import model_utils, pipeline
 from imgcls_utils.errors import UserError
+from imgcls_utils.model_folders import file_hashes
 from imgcls_utils.model_utils import ModelFolderError
-from imgcls_utils.runtime import keras
 from tests.conftest import write_image
+from tests.test_models import SMALL, TINY_TRANSFER
 
-SMALL = {"data.image_size": [16, 16], "model.conv_filters": [8], "model.dense_units": 16,
-         "train.epochs": 2, "train.verbose": 0}
-
-
-@pytest.mark.parametrize("family", ["cnn", "mlp"])
-def test_build_model_families(make_config, family):
-    cfg = make_config(**SMALL, **{"model.family": family})
-    model = model_utils.build_model(cfg.model, (16, 16, 1), 5)
-    assert model.output_shape == (None, 5)
-    names = [layer.name for layer in model.layers]
-    assert names[:2] == ["image", "rescale"]
-    assert ("block1_conv1" in names) == (family == "cnn")
-    assert ("hidden" in names) == (family == "mlp")
-
-
-def test_batch_norm_is_optional_and_uses_the_configured_momentum(make_config):
-    with_bn = model_utils.build_model(make_config(**SMALL).model, (16, 16, 1), 3)
-    bn = [layer for layer in with_bn.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    assert len(bn) == 2 and bn[0].momentum == 0.9
-    without = model_utils.build_model(make_config(**SMALL, **{"model.batch_norm": False}).model,
-                                      (16, 16, 1), 3)
-    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in without.layers)
-    params = model_utils.count_parameters(with_bn)
-    assert params["total"] == params["trainable"] + params["non_trainable"]
-    assert params["non_trainable"] == 2 * 2 * 8  # moving mean and variance of two BN layers
+RUN = {**SMALL, "train.epochs": 2, "train.verbose": 0}
 
 
 @pytest.fixture
 def trained(project, make_config, class_folder):
-    cfg = make_config(**SMALL, **{"data.source": str(class_folder)})
+    cfg = make_config(**RUN, **{"data.source": str(class_folder)})
     folder, metrics = pipeline.train_and_save(cfg)
     return cfg, folder, metrics
 
@@ -48,16 +29,22 @@ def test_train_and_save_writes_a_complete_folder(trained):
     assert folder.parent == cfg.path("models_dir") and folder.name.startswith("digits_cnn_")
     assert not list(cfg.path("models_dir").glob("*.partial"))
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert files == ["class_names.json", "config.yaml", "figures/confusion_matrix.png",
-                     "figures/training_curves.png", "history.csv", "manifest.json",
-                     "metrics.json", "model.keras"]
+    assert [name for name in files if not name.startswith("logs/")] == [
+        "class_names.json", "config.yaml", "figures/confusion_matrix.png",
+        "figures/training_curves.png", "history.csv", "manifest.json", "metrics.json",
+        "model.keras"]
+    assert {name.split("/")[1] for name in files if name.startswith("logs/")} == \
+        {"train", "validation"}  # TensorBoard
     saved = json.loads((folder / "metrics.json").read_text())
     assert saved["test_accuracy"] == metrics["test_accuracy"]
     assert set(saved["per_class"]) == {"cat", "dog", "fox"}
+    assert (folder / "history.csv").read_text().splitlines()[0].startswith("epoch,phase,")
     assert len((folder / "history.csv").read_text().splitlines()) == 1 + 2
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["seed"] == cfg.data.seed and manifest["versions"]["tensorflow"]
     assert manifest["data_fingerprint"]
+    assert manifest["hardware"]["precision"] == "float32"
+    assert set(manifest["files"]) == set(files) - {"manifest.json"}
 
 
 def test_loaded_model_predicts_like_the_trained_one(trained, class_folder):
@@ -82,6 +69,9 @@ def test_prediction_works_for_any_size_and_mode(trained, tmp_path):
         == ["big.jpg", "gray.png"]
     with pytest.raises(UserError, match="does not exist"):
         model_utils.predict_files(model, class_names, config, [tmp_path / "missing.png"])
+    (tmp_path / "fake.png").write_text("not an image")
+    with pytest.raises(UserError, match="fake.png is not a readable image"):
+        model_utils.predict_files(model, class_names, config, [tmp_path / "fake.png"])
 
 
 def test_damaged_or_unfinished_folders_are_refused(trained):
@@ -92,29 +82,38 @@ def test_damaged_or_unfinished_folders_are_refused(trained):
     (folder / "manifest.json").unlink()
     with pytest.raises(ModelFolderError, match="not a finished model folder"):
         model_utils.load_model_folder(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    folder.rename(partial)
+    with pytest.raises(ModelFolderError, match="unfinished training run.*--resume"):
+        model_utils.load_model_folder(partial)
 
 
-def test_a_crash_during_training_leaves_no_finished_looking_folder(make_config, class_folder):
-    cfg = make_config(**{**SMALL, "data.source": str(class_folder), "train.epochs": 3})
-    prepared = data_utils.prepare_data(cfg)
-    datasets = pipeline.make_datasets(cfg, prepared)
-    model = model_utils.compile_model(
-        model_utils.build_model(cfg.model, prepared.input_shape, 3), cfg.train)
-    work_dir = model_utils.new_model_folder(cfg)
+def test_a_changed_model_file_is_refused(trained):
+    _, folder, _ = trained
+    with zipfile.ZipFile(folder / "model.keras", "a") as archive:
+        archive.writestr("extra.txt", "tampered")
+    with pytest.raises(ModelFolderError, match="model.keras changed since training"):
+        model_utils.load_model_folder(folder)
 
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise RuntimeError("power cut")
 
-    with pytest.raises(RuntimeError, match="power cut"):
-        model.fit(datasets["train"], validation_data=datasets["val"], epochs=3, verbose=0,
-                  shuffle=False,
-                  callbacks=[*model_utils.training_callbacks(cfg.train, work_dir), Crash()])
-    folders = sorted(p.name for p in cfg.path("models_dir").iterdir())
-    assert folders == [work_dir.name] and work_dir.name.endswith(".partial")
-    with pytest.raises(ModelFolderError, match="unfinished"):
-        model_utils.load_model_folder(work_dir)
+def test_a_corrupt_model_file_with_a_matching_hash_is_still_a_clear_error(trained):
+    _, folder, _ = trained
+    (folder / "model.keras").write_bytes(b"garbage")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["model.keras"] = file_hashes(folder)["model.keras"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match="model.keras cannot be loaded"):
+        model_utils.load_model_folder(folder)
+
+
+def test_transfer_and_mlp_models_train_save_and_predict(make_config, class_folder):
+    for family in ({"model.family": "mlp"}, TINY_TRANSFER):
+        cfg = make_config(**{**RUN, **family, "train.epochs": 1, "data.source": str(class_folder)})
+        folder, _ = pipeline.train_and_save(cfg)
+        model, class_names, config = model_utils.load_model_folder(folder)
+        [(_, top)] = model_utils.predict_files(model, class_names, config,
+                                               [class_folder / "fox" / "3.png"], 3)
+        assert sorted(label for label, _ in top) == ["cat", "dog", "fox"]
 
 
 def test_model_folder_names_never_collide(make_config):
@@ -126,6 +125,19 @@ def test_model_folder_names_never_collide(make_config):
     taken.mkdir()
     with pytest.raises(ModelFolderError, match="already exists"):
         model_utils.new_model_folder(cfg, final=taken)
+
+
+def test_unfinished_runs_are_found_by_path_or_name(make_config):
+    cfg = make_config()
+    partial = model_utils.new_model_folder(cfg)
+    models_dir = cfg.path("models_dir")
+    final_name = partial.name.removesuffix(".partial")
+    assert model_utils.find_unfinished_run(partial, models_dir) == partial
+    assert model_utils.find_unfinished_run(final_name, models_dir) == partial
+    assert model_utils.find_unfinished_run(partial.name, models_dir) == partial
+    assert model_utils.run_config(partial, cfg.root).to_dict() == cfg.to_dict()
+    with pytest.raises(ModelFolderError, match=f"unfinished runs there: {partial.name}"):
+        model_utils.find_unfinished_run("nope", models_dir)
 
 
 def test_same_seed_gives_same_initial_weights(make_config):

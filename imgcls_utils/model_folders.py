@@ -1,0 +1,173 @@
+"""Model folders: create a run's ``.partial`` folder, find it again to resume, save, load.
+
+``Trained_Models/<name>_<timestamp>/`` is self-contained: the ``.keras`` model, class names,
+merged config, history, metrics, figures, TensorBoard logs and ``manifest.json`` (versions,
+seed, hardware, data fingerprint, and the sha256 of every file). A run works in
+``<name>_<timestamp>.partial/``, which is renamed into place only when complete, so a crash
+never leaves a folder that looks like a finished model; ``imgcls train --resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .checkpoints import CHECKPOINT_DIR, HISTORY_FILE
+from .config import Config, load_config
+from .errors import UserError
+from .hardware import Hardware
+from .runtime import keras, tf
+from .scan import file_sha256
+
+MODEL_FILE = "model.keras"
+CLASS_NAMES_FILE = "class_names.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "manifest.json"
+PARTIAL_SUFFIX = ".partial"
+REQUIRED_FILES = (MODEL_FILE, CLASS_NAMES_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE)
+
+
+class ModelFolderError(UserError):
+    """A model folder that is missing, unfinished or damaged."""
+
+
+# ----------------------------------------------------------------------------- create / find
+
+def unused_model_folder_name(cfg: Config) -> Path:
+    """``<models_dir>/<name>_<timestamp>``, with a counter added if that name is taken."""
+    timestamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    final = cfg.path("models_dir") / f"{cfg.model.name}_{timestamp}"
+    suffix = 1
+    while final.exists() or partial_folder(final).exists():
+        suffix += 1
+        final = cfg.path("models_dir") / f"{cfg.model.name}_{timestamp}-{suffix}"
+    return final
+
+
+def new_model_folder(cfg: Config, final: Path | None = None) -> Path:
+    """Create the ``.partial`` work folder of a run whose model will be saved as ``final``,
+    holding the run's config from the start (``--resume`` trains with it)."""
+    final = Path(final) if final else unused_model_folder_name(cfg)
+    if final.exists():
+        raise ModelFolderError(f"model folder {final} already exists; choose another name")
+    partial = partial_folder(final)
+    (partial / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=False)
+    cfg.save(partial / CONFIG_FILE)
+    return partial
+
+
+def partial_folder(final: Path) -> Path:
+    return final.with_name(final.name + PARTIAL_SUFFIX)
+
+
+def find_unfinished_run(run: str | Path, models_dir: Path) -> Path:
+    """The ``.partial`` folder of an interrupted run, given its path (with or without the
+    suffix) or its run id (the folder name under ``models_dir``)."""
+    given = Path(run).expanduser()
+    places = [given] if given.is_absolute() or given.exists() else [Path(models_dir) / given]
+    for place in places:
+        final = place.with_name(place.name.removesuffix(PARTIAL_SUFFIX))
+        if partial_folder(final).is_dir():
+            return partial_folder(final)
+        if (final / MANIFEST_FILE).is_file():
+            raise ModelFolderError(f"{final} is a finished model folder, nothing to resume; "
+                                   "start a new run with `imgcls train`")
+    unfinished = sorted(p.name for p in Path(models_dir).glob(f"*{PARTIAL_SUFFIX}"))
+    raise ModelFolderError(f"--resume {run}: no unfinished run of that name in {models_dir} "
+                           f"(unfinished runs there: {', '.join(unfinished) or 'none'}); give "
+                           "the path of a .partial folder or one of those names")
+
+
+def run_config(work_dir: Path, root: Path) -> Config:
+    """The config an unfinished run started with (saved in its folder), for a project ``root``."""
+    saved = load_config(Path(work_dir) / CONFIG_FILE)
+    return Config(saved.to_dict(), root=root)
+
+
+# ----------------------------------------------------------------------------- save
+
+def save_model_folder(work_dir: Path, model: keras.Model, cfg: Config, class_names: list[str],
+                      metrics: dict, figures: dict | None = None, data_fingerprint: str = "",
+                      hardware: Hardware | None = None) -> Path:
+    """Write everything into the ``.partial`` folder, then rename it to its final name."""
+    work_dir = Path(work_dir)
+    model.save(work_dir / MODEL_FILE)
+    (work_dir / CLASS_NAMES_FILE).write_text(json.dumps(class_names, indent=2))
+    cfg.save(work_dir / CONFIG_FILE)
+    (work_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    for name, figure in (figures or {}).items():
+        (work_dir / "figures").mkdir(exist_ok=True)
+        figure.savefig(work_dir / "figures" / f"{name}.png", dpi=100, bbox_inches="tight")
+    shutil.rmtree(work_dir / CHECKPOINT_DIR, ignore_errors=True)
+    manifest = run_manifest(cfg, data_fingerprint, hardware, file_hashes(work_dir))
+    (work_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    final = work_dir.with_name(work_dir.name.removesuffix(PARTIAL_SUFFIX))
+    work_dir.rename(final)
+    return final
+
+
+def run_manifest(cfg: Config, data_fingerprint: str, hardware: Hardware | None,
+                 files: dict[str, str]) -> dict:
+    """What is needed to reproduce or audit a model: versions, seed, hardware, data
+    fingerprint, and the sha256 of every file so that a changed file is noticed on load."""
+    return {
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "seed": cfg.data.seed,
+        "data_fingerprint": data_fingerprint,
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "hardware": hardware.manifest() if hardware else None,
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "numpy": np.__version__},
+        "files": files,
+    }
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """``relative path -> sha256`` of every file under ``folder``, except the manifest."""
+    return {path.relative_to(folder).as_posix(): file_sha256(path)
+            for path in sorted(Path(folder).rglob("*"))
+            if path.is_file() and path.name != MANIFEST_FILE}
+
+
+# ----------------------------------------------------------------------------- load
+
+def load_model_folder(folder: Path) -> tuple[keras.Model, list[str], dict]:
+    """The model (loaded in Keras safe mode), its class names and the config it was trained
+    with, after checking every file against the sha256 recorded in the manifest."""
+    folder = Path(folder)
+    if folder.name.endswith(PARTIAL_SUFFIX):
+        raise ModelFolderError(f"{folder} is an unfinished training run, not a model folder; "
+                               f"finish it with `imgcls train --resume {folder}`")
+    _check_files(folder)
+    try:
+        model = keras.saving.load_model(folder / MODEL_FILE, safe_mode=True)
+    except Exception as error:  # a damaged archive fails in zipfile, h5py or Keras
+        raise ModelFolderError(f"{folder / MODEL_FILE} cannot be loaded ({error}); restore the "
+                               "folder from a backup or retrain") from None
+    class_names = json.loads((folder / CLASS_NAMES_FILE).read_text())
+    config = yaml.safe_load((folder / CONFIG_FILE).read_text())
+    return model, class_names, config
+
+
+def _check_files(folder: Path) -> None:
+    """Refuse a folder without a manifest, with files missing, or with changed files."""
+    if not (folder / MANIFEST_FILE).is_file():
+        raise ModelFolderError(f"{folder} is not a finished model folder: {MANIFEST_FILE} is "
+                               "missing; give a folder written by `imgcls train`")
+    recorded = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+    missing = [name for name in [*REQUIRED_FILES, *recorded] if not (folder / name).is_file()]
+    if missing:
+        raise ModelFolderError(f"{folder} is damaged: missing {', '.join(sorted(set(missing)))}; "
+                               "restore the folder from a backup or retrain")
+    changed = [name for name, digest in recorded.items() if file_sha256(folder / name) != digest]
+    if changed:
+        raise ModelFolderError(f"{folder} is damaged: {', '.join(changed)} changed since training "
+                               f"(sha256 differs from {MANIFEST_FILE}); restore the folder "
+                               "from a backup or retrain")

@@ -1,0 +1,217 @@
+"""Training: seed, optimizer, learning-rate schedule, loss, callbacks, and the fit loop.
+
+A run has one phase (``train``) or, for the transfer family, two: the new head is trained on the
+frozen backbone, then the top ``model.fine_tune_layers`` backbone layers are fine-tuned at
+``train.fine_tune_learning_rate`` for ``train.fine_tune_epochs`` more epochs. Epochs are numbered
+across phases, so ``history.csv`` has one row per epoch of the whole run.
+
+After every epoch the full state is saved in the run's ``.partial`` folder (see
+``checkpoints.py``); ``train_model`` on a folder that has it continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .checkpoints import RunCheckpoint, RunState
+from .config import Section
+from .errors import UserError
+from .hardware import Hardware
+from .models import has_frozen_backbone, unfreeze_top_layers
+from .runtime import keras, tf
+
+TENSORBOARD_DIR = "logs"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the run is stopped and left unfinished."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One ``fit`` of a run: ``train`` (the whole model, or a transfer model's new head) or
+    ``fine_tune`` (a transfer model's top backbone layers too)."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+    warmup_epochs: int
+
+
+def set_seed(seed: int) -> None:
+    """One seed for Python, NumPy and TensorFlow (and so Keras weight initialisation)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+
+
+# ----------------------------------------------------------------------------- compile
+
+def training_phases(train: Section, fine_tune_layers: int = 0) -> list[Phase]:
+    """The phases of a run; fine-tuning only when there are layers and epochs for it."""
+    phases = [Phase("train", train.epochs, train.learning_rate, train.warmup_epochs)]
+    if fine_tune_layers and train.fine_tune_epochs:
+        phases.append(Phase("fine_tune", train.fine_tune_epochs, train.fine_tune_learning_rate, 0))
+    return phases
+
+
+def learning_rate_schedule(train: Section, phase: Phase, steps_per_epoch: int):
+    """The phase's learning rate: a number (constant, or changed by reduce_on_plateau) or a
+    per-step schedule (cosine decay after a linear warm-up; step decay)."""
+    if train.lr_schedule == "cosine":
+        warmup = min(phase.warmup_epochs, phase.epochs - 1) * steps_per_epoch
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=phase.learning_rate / 100 if warmup else phase.learning_rate,
+            warmup_target=phase.learning_rate if warmup else None, warmup_steps=warmup,
+            decay_steps=phase.epochs * steps_per_epoch - warmup, alpha=0.01)
+    if train.lr_schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(
+            phase.learning_rate, decay_steps=train.step_decay_epochs * steps_per_epoch,
+            decay_rate=train.step_decay_factor, staircase=True)
+    return phase.learning_rate
+
+
+def make_optimizer(train: Section, learning_rate) -> keras.optimizers.Optimizer:
+    """``train.optimizer``: adam, adamw (decoupled weight decay) or sgd with momentum."""
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=train.weight_decay)
+    if train.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=train.momentum,
+                                    nesterov=True)
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+@keras.saving.register_keras_serializable(package="imgcls")
+class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
+    """Cross-entropy for integer labels with label smoothing: Keras offers smoothing only for
+    one-hot labels, so the labels are one-hot encoded here, inside the loss, and the data
+    pipeline (and the accuracy metric) keep their integer labels."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_crossentropy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        classes = keras.ops.shape(y_pred)[-1]
+        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32"),
+                                    classes, dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def make_loss(train: Section) -> keras.losses.Loss:
+    if train.label_smoothing:
+        return SparseCategoricalCrossentropyWithSmoothing(train.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def compile_model(model: keras.Model, train: Section, steps_per_epoch: int,
+                  hardware: Hardware | None = None, phase: Phase | None = None) -> keras.Model:
+    """Compile for ``phase`` (default: the first) with the configured optimizer, schedule and
+    loss; ``steps_per_epoch`` sizes the per-step schedules. Call inside ``hardware.scope()``."""
+    phase = phase or training_phases(train)[0]
+    optimizer = make_optimizer(train, learning_rate_schedule(train, phase, steps_per_epoch))
+    model.compile(optimizer=optimizer, loss=make_loss(train), metrics=["accuracy"],
+                  jit_compile=hardware.jit_compile if hardware else False,
+                  steps_per_execution=hardware.steps_per_execution if hardware else 1)
+    return model
+
+
+def local_copy(model: keras.Model, train: Section) -> keras.Model:
+    """A multi-worker model's copy for this process alone, compiled for evaluation: the
+    distributed model's ``predict`` would gather (and so repeat) every worker's predictions."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return compile_model(copy, train, steps_per_epoch=1)  # it is never trained
+
+
+def balanced_class_weights(label_counts: list[int]) -> dict[int, float]:
+    """Weights that make every class count equally: ``total / (classes * count)`` (the
+    scikit-learn "balanced" rule), for classes that occur."""
+    total, classes = sum(label_counts), len(label_counts)
+    return {label: total / (classes * count) for label, count in enumerate(label_counts) if count}
+
+
+# ----------------------------------------------------------------------------- fit
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Raise ``TrainingDiverged`` at the first NaN or infinite training loss, so the run ends as
+    failed (its ``.partial`` folder stays unfinished) instead of saving a broken model."""
+
+    def __init__(self, work_dir: Path):
+        super().__init__()
+        self.work_dir = work_dir
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"the training loss became {float(loss)} in epoch {self.epoch + 1}; the run "
+                f"stopped unfinished in {self.work_dir}; start a new run with a lower "
+                "train.learning_rate (or check the data for broken images)")
+
+
+def training_callbacks(train: Section, log_dir: Path) -> list:
+    """Early stopping, the plateau schedule when chosen, TensorBoard logs and stop-on-NaN.
+    The best checkpoint, the history and the resume state are kept by ``RunCheckpoint``."""
+    schedule = []
+    if train.lr_schedule == "reduce_on_plateau":
+        schedule.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=train.reduce_lr_factor, patience=train.reduce_lr_patience,
+            min_lr=train.learning_rate / 1000))
+    return schedule + [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=train.early_stopping_patience),
+        keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0),
+        StopOnNaN(log_dir.parent),
+    ]
+
+
+def train_model(model: keras.Model, train_ds, val_ds, train: Section, work_dir: Path, *,
+                hardware: Hardware | None = None, fine_tune_layers: int = 0,
+                class_weight: dict[int, float] | None = None,
+                callbacks: list | None = None) -> pd.DataFrame:
+    """Fit every phase, continuing from the state saved in ``work_dir`` if there is one; the
+    model ends with the weights of its best validation epoch. ``callbacks`` are added to the
+    standard ones (``training_callbacks``). Returns the whole history, one row per epoch."""
+    state = RunState.load(work_dir)
+    if state.epochs_done():
+        print(f"resuming {work_dir} after epoch {state.epochs_done()}", flush=True)
+    steps_per_epoch = int(train_ds.cardinality())
+    scope = hardware.scope if hardware else nullcontext
+    frozen = has_frozen_backbone(model)
+    for phase in training_phases(train, fine_tune_layers if frozen else 0):
+        with scope():
+            if phase.name == "fine_tune":
+                unfreeze_top_layers(model, fine_tune_layers)
+                compile_model(model, train, steps_per_epoch, hardware, phase)
+            model.optimizer.build(model.trainable_variables)
+            state.restore_weights(model, phase.name)
+        if not state.finished(phase.name):
+            _fit_phase(model, train_ds, val_ds, train, phase, state, class_weight, callbacks or [])
+    return state.history()
+
+
+def _fit_phase(model, train_ds, val_ds, train: Section, phase: Phase, state: RunState,
+               class_weight, extra_callbacks: list) -> None:
+    standard = training_callbacks(train, state.work_dir / TENSORBOARD_DIR)
+    first_epoch = state.phase(phase.name)["first_epoch"]
+    # The checkpoint goes last: it saves what the others did in the epoch (counters, logs).
+    callbacks = [*standard, *extra_callbacks, RunCheckpoint(state, phase.name, standard)]
+    model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epochs_done(),
+              epochs=first_epoch + phase.epochs, class_weight=class_weight, callbacks=callbacks,
+              verbose=train.verbose, shuffle=False)  # the training dataset shuffles itself

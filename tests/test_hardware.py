@@ -1,0 +1,84 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from imgcls_utils import data_utils, hardware
+from imgcls_utils.hardware import HardwareError
+from imgcls_utils.runtime import keras, tf
+
+ON_CPU = not tf.config.list_physical_devices("GPU")
+
+
+@pytest.mark.skipif(not ON_CPU, reason="the automatic choices for a machine without GPU")
+def test_auto_on_cpu_means_default_strategy_float32_and_no_xla(make_config):
+    chosen = hardware.choose_hardware(make_config().train)
+    assert chosen.strategy is tf.distribute.get_strategy() and chosen.is_chief
+    assert (chosen.precision, chosen.jit_compile, chosen.steps_per_execution) == ("float32", False, 1)
+    assert chosen.describe() == ("strategy default (1 replica(s)), devices /device:CPU:0, "
+                                 "precision float32, XLA off, steps_per_execution 1")
+    assert chosen.manifest()["strategy"] == "default"
+
+
+def test_explicit_choices_win(make_config):
+    chosen = hardware.choose_hardware(make_config(**{
+        "train.strategy": "cpu", "train.mixed_precision": "mixed_bfloat16",
+        "train.jit_compile": True, "train.steps_per_execution": 4}).train)
+    assert isinstance(chosen.strategy, tf.distribute.OneDeviceStrategy)
+    assert chosen.devices == ["/job:localhost/replica:0/task:0/device:CPU:0"]
+    assert (chosen.precision, chosen.jit_compile, chosen.steps_per_execution) == \
+        ("mixed_bfloat16", True, 4)
+
+
+def test_the_precision_applies_inside_the_scope_only(make_config):
+    chosen = hardware.choose_hardware(make_config(**{"train.mixed_precision": "mixed_float16"}).train)
+    with chosen.scope():
+        assert keras.config.dtype_policy().name == "mixed_float16"
+    assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.mark.parametrize("strategy, env, message", [
+    ("multi_worker", None, "needs the TF_CONFIG environment variable"),
+    ("auto", "not json", "TF_CONFIG environment variable is not valid JSON"),
+] + ([("gpu", None, "sees no GPU on this machine")] if ON_CPU else []))
+def test_impossible_hardware_settings_are_clear_errors(make_config, monkeypatch, strategy, env,
+                                                       message):
+    if env is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", env)
+    with pytest.raises(HardwareError, match=message):
+        hardware.choose_hardware(make_config(**{"train.strategy": strategy}).train)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_workers_train_together_and_only_the_chief_saves(project, make_config, class_folder):
+    settings = {"data.source": str(class_folder), "data.image_size": [16, 16],
+                "model.conv_filters": [8], "train.epochs": 2, "train.verbose": 0}
+    # Workers sharing a disk must find the data prepared (see the README's multi-machine part).
+    data_utils.prepare_data(make_config(**settings))
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "imgcls_utils.cli", "train",
+         *[f"--set={key}={json.dumps(value)}" for key, value in settings.items()]],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                    "task": {"type": "worker", "index": index}})})
+        for index in range(2)]
+    (chief_out, chief_err), (other_out, other_err) = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], chief_err + other_err
+    assert "strategy MultiWorkerMirroredStrategy (2 replica(s))" in chief_out
+    assert "model folder:" in chief_out and "the chief worker evaluates and saves" in other_out
+    folders = sorted(p.name for p in (project / "Trained_Models").iterdir())
+    assert len(folders) == 1 and not folders[0].endswith(".partial")
+    manifest = json.loads((project / "Trained_Models" / folders[0] / "manifest.json").read_text())
+    assert manifest["hardware"]["strategy"] == "MultiWorkerMirroredStrategy"
+    assert manifest["hardware"]["replicas"] == 2

@@ -1,0 +1,191 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from imgcls_utils import data_utils, model_utils, pipeline, training
+from imgcls_utils.checkpoints import RunCheckpoint, RunState
+from imgcls_utils.runtime import keras
+from tests.test_cli import imgcls
+from tests.test_models import SMALL, TINY_TRANSFER
+
+
+def test_label_smoothing_matches_one_hot_crossentropy_and_survives_saving():
+    loss = training.SparseCategoricalCrossentropyWithSmoothing(0.1)
+    labels = np.array([0, 2])
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], "float32")
+    expected = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(
+        np.eye(3)[labels], probabilities)
+    assert float(loss(labels, probabilities)) == pytest.approx(float(expected), rel=1e-6)
+    copy = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert copy.label_smoothing == 0.1
+
+
+def learning_rates(make_config, steps_per_epoch=10, epochs=6, **overrides):
+    train = make_config(**{"train.epochs": epochs, **overrides}).train
+    schedule = training.learning_rate_schedule(train, training.training_phases(train)[0],
+                                               steps_per_epoch)
+    return [float(schedule(step)) for step in range(0, epochs * steps_per_epoch, steps_per_epoch)]
+
+
+def test_cosine_schedule_warms_up_then_decays(make_config):
+    rates = learning_rates(make_config, **{"train.lr_schedule": "cosine",
+                                           "train.warmup_epochs": 2})
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(0.002)
+    assert rates[2] > rates[3] > rates[4] > rates[5] > 0
+
+
+def test_step_schedule_multiplies_by_the_factor_every_n_epochs(make_config):
+    rates = learning_rates(make_config, **{"train.lr_schedule": "step",
+                                           "train.step_decay_epochs": 2,
+                                           "train.step_decay_factor": 0.5})
+    assert rates == pytest.approx([0.002, 0.002, 0.001, 0.001, 0.0005, 0.0005])
+
+
+def test_optimizers_follow_the_config(make_config):
+    adamw = training.make_optimizer(make_config(**{"train.optimizer": "adamw"}).train, 0.1)
+    sgd = training.make_optimizer(make_config(**{"train.optimizer": "sgd",
+                                                 "train.momentum": 0.8}).train, 0.1)
+    assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 0.0001
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.8 and sgd.nesterov
+
+
+def test_balanced_class_weights_make_every_class_count_the_same():
+    weights = training.balanced_class_weights([30, 10, 0, 20])
+    assert weights == pytest.approx({0: 0.5, 1: 1.5, 3: 0.75})
+    assert {label: weights[label] * count for label, count in [(0, 30), (1, 10), (3, 20)]} \
+        == pytest.approx({0: 15, 1: 15, 3: 15})
+
+
+def test_class_weight_comes_from_the_training_split(make_config, class_folder):
+    for path in sorted((class_folder / "cat").iterdir())[:2]:
+        path.unlink()
+    cfg = make_config(**{**SMALL, "data.source": str(class_folder),
+                         "train.class_weight": "balanced"})
+    weights = pipeline.class_weight(cfg, data_utils.prepare_data(cfg))
+    assert weights[0] > weights[1] == pytest.approx(weights[2])
+
+
+def small_run(make_config, class_folder, **overrides):
+    """A config, prepared datasets and a compiled model for 30 tiny images."""
+    cfg = make_config(**{**SMALL, "data.source": str(class_folder), "train.verbose": 0,
+                         **overrides})
+    prepared = data_utils.prepare_data(cfg)
+    datasets = pipeline.make_datasets(cfg, prepared)
+    model = model_utils.build_model(cfg.model, prepared.input_shape, 3)
+    model_utils.compile_model(model, cfg.train, len(datasets["train"]))
+    return cfg, datasets, model
+
+
+def test_nan_loss_stops_the_run_as_failed_and_unfinished(make_config, class_folder):
+    cfg, datasets, model = small_run(make_config, class_folder)
+    model.get_layer("probabilities").bias.assign(np.full(3, np.nan))  # as if it had diverged
+    work_dir = model_utils.new_model_folder(cfg)
+    with pytest.raises(training.TrainingDiverged, match="loss became nan in epoch 1.*unfinished"):
+        model_utils.train_model(model, datasets["train"], datasets["val"], cfg.train, work_dir)
+    assert [p.name for p in cfg.path("models_dir").iterdir()] == [work_dir.name]
+    assert work_dir.name.endswith(".partial")
+
+
+class CrashAtEpoch(keras.callbacks.Callback):
+    """Stand-in for a power cut at the end of one epoch, before its checkpoint."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("power cut")
+
+
+def test_two_phase_transfer_run_resumes_inside_fine_tuning(make_config, class_folder, tmp_path):
+    weights = tmp_path / "backbone.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                   alpha=0.35).save_weights(weights)
+    overrides = {**TINY_TRANSFER, "model.weights": str(weights), "model.fine_tune_layers": 5,
+                 "train.epochs": 2, "train.fine_tune_epochs": 2, "train.lr_schedule": "cosine"}
+    cfg, datasets, model = small_run(make_config, class_folder, **overrides)
+    work_dir = model_utils.new_model_folder(cfg)
+    run = dict(fine_tune_layers=5, train_ds=datasets["train"], val_ds=datasets["val"],
+               train=cfg.train, work_dir=work_dir)
+    with pytest.raises(RuntimeError, match="power cut"):
+        model_utils.train_model(model, **run, callbacks=[CrashAtEpoch(3)])
+    state = json.loads((work_dir / "checkpoints" / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert state["phases"]["train"]["finished"] and not state["phases"]["fine_tune"]["finished"]
+
+    _, _, fresh = small_run(make_config, class_folder, **overrides)
+    history = model_utils.train_model(fresh, **run)
+    assert history["epoch"].tolist() == [1, 2, 3, 4]
+    assert history["phase"].tolist() == ["train", "train", "fine_tune", "fine_tune"]
+    assert history["learning_rate"].iloc[2] < history["learning_rate"].iloc[1]
+    assert pd.read_csv(work_dir / "history.csv")["epoch"].tolist() == [1, 2, 3, 4]
+
+
+def test_early_stopping_counters_continue_after_a_resume(tmp_path):
+    state = RunState.load(tmp_path)
+    state.phase("train")["callbacks"] = {"EarlyStopping": {"wait": 2, "best": 0.5,
+                                                           "best_epoch": 3}}
+    stopping = keras.callbacks.EarlyStopping(patience=4)
+    stopping.on_train_begin()  # as fit does: resets the counters ...
+    RunCheckpoint(state, "train", [stopping]).on_train_begin()  # ... which are then restored
+    assert (stopping.wait, stopping.best, stopping.best_epoch) == (2, 0.5, 3)
+
+
+def wait_until(condition, process, timeout: float = 120):
+    """Poll ``condition()`` until it returns something true, while ``process`` still runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if process.poll() is not None:
+            raise AssertionError(f"training ended before the kill: {process.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("training made no progress")
+
+
+def test_a_run_killed_mid_way_resumes_and_has_every_epoch_once(project, class_folder):
+    options = [f"--set=data.source={class_folder}", "--set=data.image_size=[16,16]",
+               "--set=model.conv_filters=[8]", "--set=train.epochs=12",
+               "--set=train.early_stopping_patience=12", "--set=train.verbose=0"]
+    command = [sys.executable, "-m", "imgcls_utils.cli", "train"]
+    process = subprocess.Popen([*command, *options], cwd=project, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    models_dir = project / "Trained_Models"
+    try:
+        partial = wait_until(lambda: next(models_dir.glob("*.partial"), None), process)
+        history = partial / "history.csv"
+        wait_until(lambda: history.is_file() and len(history.read_text().splitlines()) > 3,
+                   process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    killed_after = len(pd.read_csv(partial / "history.csv"))
+    assert 3 <= killed_after < 12 and not (partial / "manifest.json").exists()
+
+    resumed = subprocess.run([*command, "--resume", partial.name], cwd=project,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after epoch {killed_after}" in resumed.stdout
+    final = partial.with_name(partial.name.removesuffix(".partial"))
+    assert [p.name for p in models_dir.iterdir()] == [final.name]
+    assert pd.read_csv(final / "history.csv")["epoch"].tolist() == list(range(1, 13))
+    model, class_names, _ = model_utils.load_model_folder(final)
+    assert class_names == ["cat", "dog", "fox"]
+
+
+def test_resume_refuses_overrides_and_finished_runs(project):
+    done, _ = imgcls("train", "--resume", "x", "--set", "train.epochs=3", cwd=project)
+    assert done.returncode == 2 and "drop the --set options" in done.stderr
+    finished = project / "Trained_Models" / "done_run"
+    finished.mkdir(parents=True)
+    (finished / "manifest.json").write_text("{}")
+    done, _ = imgcls("train", "--resume", "done_run", cwd=project)
+    assert done.returncode == 2 and "is a finished model folder, nothing to resume" in done.stderr
