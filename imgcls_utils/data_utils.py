@@ -29,14 +29,14 @@ from .scan import (DECODE_ERRORS, ScanResult, animated_images, class_counts, cla
                    scan_report, scan_source)
 from .sources import (DIGITS_SOURCE, materialize_digits, materialize_idx, materialize_tfds,
                       resolve_source)
-from .split import SPLITS, assign_folds, split_images, split_sizes
+from .split import SPLITS, assign_folds, groups_across_splits, split_images, split_sizes
 
 __all__ = [
     "DataError", "IMAGE_EXTENSIONS", "load_image", "ScanResult", "animated_images",
     "class_counts", "class_imbalance", "image_size_summary", "load_samples", "pixel_statistics",
     "scan_image_folder", "scan_report", "scan_source", "DIGITS_SOURCE", "materialize_digits",
     "materialize_idx", "materialize_tfds", "resolve_source", "SPLITS", "assign_folds",
-    "split_images", "split_sizes", "PreparedData", "fingerprint", "prepare_data",
+    "groups_across_splits", "split_images", "split_sizes", "PreparedData", "fingerprint", "prepare_data",
     "prepare_from_scan", "use_cache", "make_dataset", "build_augmentation",
 ]
 
@@ -68,6 +68,11 @@ class PreparedData:
 
     def count(self, split: str) -> int:
         return int((self.manifest["split"] == split).sum())
+
+    def paths(self, split: str) -> list[str]:
+        """The split's image paths (relative to ``source``) in the order its dataset yields
+        them when not training: what row ``i`` of an evaluation's predictions refers to."""
+        return self.manifest.loc[self.manifest["split"] == split, "path"].tolist()
 
     def shards(self, split: str) -> list[str]:
         return sorted(str(p) for p in self.folder.glob(f"{split}-*.tfrecord"))
@@ -192,7 +197,8 @@ def make_dataset(prepared: PreparedData, split: str, batch_size: int, *, trainin
 
     Records are parsed in parallel and, with ``cache``, kept in memory as uint8 after the first
     epoch. Training batches are shuffled and, when ``augmentation`` is given, augmented on the
-    fly; validation and test batches are never augmented and keep their order.
+    fly; validation and test batches are never augmented and keep the manifest's order
+    (``prepared.paths(split)``): their shards are read one after the other.
     """
     from .runtime import tf
 
@@ -212,7 +218,7 @@ def make_dataset(prepared: PreparedData, split: str, batch_size: int, *, trainin
         return images, labels
 
     dataset = tf.data.TFRecordDataset(prepared.shards(split), buffer_size=READ_BUFFER_BYTES,
-                                      num_parallel_reads=autotune)
+                                      num_parallel_reads=autotune if training else None)
     # A known length lets Keras size its epochs instead of running into the end of the data.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(prepared.count(split)))
     dataset = dataset.map(parse, num_parallel_calls=autotune)
@@ -231,16 +237,20 @@ def build_augmentation(augment: Section, seed: int):
     layers = keras.layers
     steps = []
     if augment.flip != "none":
-        steps.append(layers.RandomFlip(augment.flip, seed=seed))
+        steps.append(layers.RandomFlip(augment.flip, seed=seed, name="random_flip"))
     if augment.rotation:
-        steps.append(layers.RandomRotation(augment.rotation, fill_mode="constant", seed=seed))
+        steps.append(layers.RandomRotation(augment.rotation, fill_mode="constant", seed=seed,
+                                           name="random_rotation"))
     if augment.zoom:
-        steps.append(layers.RandomZoom(augment.zoom, fill_mode="constant", seed=seed))
+        steps.append(layers.RandomZoom(augment.zoom, fill_mode="constant", seed=seed,
+                                       name="random_zoom"))
     if augment.translation:
         steps.append(layers.RandomTranslation(augment.translation, augment.translation,
-                                              fill_mode="constant", seed=seed))
+                                              fill_mode="constant", seed=seed,
+                                              name="random_translation"))
     if augment.contrast:
-        steps.append(layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed))
+        steps.append(layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed,
+                                           name="random_contrast"))
     if not augment.enabled or not steps:
         return None
     return keras.Sequential(steps, name="augmentation")

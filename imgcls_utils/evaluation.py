@@ -27,15 +27,21 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
 
 
 def evaluate_model(model, test_ds, class_names: list[str]) -> dict:
-    """Metrics for ``metrics.json``: test loss and accuracy, macro F1, per-class metrics, and
-    the confusion matrix (rows: true class, columns: predicted class)."""
-    loss, accuracy = model.evaluate(test_ds, verbose=0)
-    y_true, y_pred, _ = predict_labels(model, test_ds)
+    """``test_metrics`` of ``model``'s predictions on a batched test dataset."""
+    y_true, _, probabilities = predict_labels(model, test_ds)
+    return test_metrics(y_true, probabilities, class_names)
+
+
+def test_metrics(y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict:
+    """Metrics for ``metrics.json``: test loss (plain cross-entropy, without label smoothing or
+    regularization terms) and accuracy, macro F1, per-class metrics, and the confusion matrix
+    (rows: true class, columns: predicted class)."""
+    y_pred = probabilities.argmax(axis=1)
     report = per_class_report(y_true, y_pred, class_names)
     matrix = confusion_matrix(y_true, y_pred, labels=np.arange(len(class_names)))
     return {
-        "test_loss": float(loss),
-        "test_accuracy": float(accuracy),
+        "test_loss": float(_cross_entropy(y_true, probabilities).mean()),
+        "test_accuracy": float((y_pred == y_true).mean()),
         "test_images": int(len(y_true)),
         "macro_f1": float(report["f1"].mean()),
         "per_class": {name: {k: float(v) for k, v in row.items()}
@@ -43,3 +49,34 @@ def evaluate_model(model, test_ds, class_names: list[str]) -> dict:
         "confusion_matrix": matrix.tolist(),
         "class_names": list(class_names),
     }
+
+
+def _cross_entropy(y_true: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Per-image cross-entropy loss: minus the log of the probability given to the true class."""
+    true_probability = probabilities[np.arange(len(y_true)), y_true]
+    return -np.log(np.clip(true_probability, 1e-7, 1.0))
+
+
+def most_confused(matrix, class_names: list[str], top: int = 5) -> pd.DataFrame:
+    """The ``top`` most frequent mistakes: true class, predicted class and how often, from a
+    confusion matrix (rows true, columns predicted); fewer if there are fewer mistakes."""
+    matrix = np.asarray(matrix)
+    true, predicted = np.nonzero(matrix * (1 - np.eye(len(matrix), dtype=matrix.dtype)))
+    table = pd.DataFrame({"true": np.asarray(class_names)[true],
+                          "predicted": np.asarray(class_names)[predicted],
+                          "count": matrix[true, predicted]})
+    return table.sort_values(["count", "true", "predicted"], ascending=[False, True, True],
+                             ignore_index=True).head(top)
+
+
+def top_losses(y_true: np.ndarray, probabilities: np.ndarray, paths: list[str],
+               class_names: list[str], count: int = 12) -> pd.DataFrame:
+    """The ``count`` images the model got most wrong (highest cross-entropy loss), with their
+    true and predicted class and the probability given to each; ``paths[i]`` is image ``i``."""
+    table = pd.DataFrame({"path": paths, "true": np.asarray(class_names)[y_true],
+                          "predicted": np.asarray(class_names)[probabilities.argmax(axis=1)],
+                          "p_true": probabilities[np.arange(len(y_true)), y_true],
+                          "p_predicted": probabilities.max(axis=1),
+                          "loss": _cross_entropy(y_true, probabilities)})
+    return table.sort_values(["loss", "path"], ascending=[False, True],
+                             ignore_index=True).head(count)

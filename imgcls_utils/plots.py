@@ -26,13 +26,28 @@ def plot_class_counts(counts: pd.DataFrame) -> Figure:
 def plot_image_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str],
                     columns: int, title: str = "") -> Figure:
     """Images in a grid, each titled with its class name."""
-    rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.3 * rows), squeeze=False)
+    return _grid(images, [class_names[label] for label in labels], columns, title, (1.2, 1.3))
+
+
+def plot_top_losses(losses: pd.DataFrame, folder: Path, image_size, channels: int,
+                    columns: int = 6) -> Figure:
+    """The images the model got most wrong (``evaluation.top_losses``), each titled with the
+    predicted and true class and the probabilities given to them."""
+    images = [load_image(Path(folder) / path, tuple(image_size), channels) for path in losses["path"]]
+    titles = [f"{row.predicted} {row.p_predicted:.2f}\ntrue {row.true} {row.p_true:.2f}"
+              for row in losses.itertuples()]
+    return _grid(images, titles, columns, "Top losses: predicted (p) / true (p)", (1.6, 1.8))
+
+
+def _grid(images, titles: list[str], columns: int, title: str, cell: tuple[float, float]) -> Figure:
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(cell[0] * columns, cell[1] * rows),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, label in zip(axes.flat, images, labels):
+    for ax, image, text in zip(axes.flat, images, titles):
         _show_image(ax, image)
-        ax.set_title(class_names[label], fontsize=8)
+        ax.set_title(text, fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

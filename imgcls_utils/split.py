@@ -53,6 +53,14 @@ def assign_folds(images: pd.DataFrame, folds: int, seed: int) -> pd.Series:
     return images["group"].map(fold_of_group)
 
 
+def groups_across_splits(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The rows of duplicate groups whose copies lie in more than one split: leakage, which
+    inflates test accuracy. Empty for every manifest ``split_images`` makes."""
+    sides = manifest.groupby("group")["split"].transform("nunique")
+    return manifest.loc[sides > 1, ["group", "path", "label", "split"]].sort_values(
+        ["group", "path"]).reset_index(drop=True)
+
+
 def split_sizes(manifest: pd.DataFrame) -> pd.DataFrame:
     """Images per class in each split: one row per class, one column per split, plus totals."""
     table = pd.crosstab(manifest["label"], manifest["split"], margins=True, margins_name="total")

@@ -129,8 +129,9 @@ def compile_model(model: keras.Model, train: Section, steps_per_epoch: int,
 
 
 def local_copy(model: keras.Model, train: Section) -> keras.Model:
-    """A multi-worker model's copy for this process alone, compiled for evaluation: the
-    distributed model's ``predict`` would gather (and so repeat) every worker's predictions."""
+    """A multi-worker model's copy for this process alone (compiled, so that it saves like any
+    other): the distributed model's ``predict`` would gather (and so repeat) every worker's
+    predictions."""
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return compile_model(copy, train, steps_per_epoch=1)  # it is never trained

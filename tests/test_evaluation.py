@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from imgcls_utils import evaluation
 from imgcls_utils.runtime import keras, tf
@@ -24,3 +25,21 @@ def test_evaluate_model_on_a_model_with_known_answers():
     assert metrics["test_accuracy"] == 0.75 and metrics["test_images"] == 4
     assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
     assert metrics["per_class"]["b"]["recall"] == 0.5
+    assert metrics["test_loss"] == pytest.approx(float(keras.losses.sparse_categorical_crossentropy(
+        y, model.predict_on_batch(x)).numpy().mean()), abs=1e-6)
+
+
+def test_most_confused_lists_off_diagonal_cells_largest_first():
+    matrix = [[5, 2, 0], [0, 4, 3], [2, 0, 9]]
+    table = evaluation.most_confused(matrix, ["a", "b", "c"], top=2)
+    assert table.values.tolist() == [["b", "c", 3], ["a", "b", 2]]
+    assert len(evaluation.most_confused(np.eye(3, dtype=int), ["a", "b", "c"])) == 0
+
+
+def test_top_losses_puts_the_most_confident_mistakes_first():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95]])
+    table = evaluation.top_losses(np.array([0, 1, 1, 0]), probabilities,
+                                  ["w.png", "x.png", "y.png", "z.png"], ["cat", "dog"], count=2)
+    assert table["path"].tolist() == ["z.png", "y.png"]
+    assert table[["true", "predicted"]].values.tolist() == [["cat", "dog"], ["dog", "cat"]]
+    assert table["loss"].iloc[0] == pytest.approx(-np.log(0.05))

@@ -1,4 +1,5 @@
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure
 
 from imgcls_utils import plots
@@ -27,4 +28,16 @@ def test_no_duplicates_is_a_figure_that_says_so(class_folder):
     scan = scan_image_folder(class_folder)
     fig = plots.plot_duplicate_groups(scan.duplicates, scan.folder)
     assert fig.axes[0].texts[0].get_text() == "no duplicates found"
+    plt.close("all")
+
+
+def test_top_losses_are_shown_with_predicted_and_true_class(class_folder):
+    from imgcls_utils import evaluation
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0.3, 0.3, 0.4]])
+    losses = evaluation.top_losses(np.array([0, 0, 2]), probabilities,
+                                   ["cat/0.png", "cat/1.png", "fox/2.png"], ["cat", "dog", "fox"], 2)
+    fig = plots.plot_top_losses(losses, class_folder, (8, 8), 3, columns=4)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["dog 0.70\ntrue cat 0.10", "fox 0.40\ntrue fox 0.40"]
+    assert shown[0].images[0].get_array().shape == (8, 8, 3)
     plt.close("all")

@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 
 from imgcls_utils import split
@@ -36,6 +37,7 @@ def test_copies_never_straddle_the_split(with_copies, make_config):
     for seed in range(8):
         manifest = split.split_images(with_copies, make_config(**{"data.seed": seed, **FRACTIONS}).data)
         assert (manifest.groupby("group")["split"].nunique() == 1).all()
+        assert split.groups_across_splits(manifest).empty
         assert split.split_sizes(manifest).loc["total"].tolist()[:3] >= [7 * 3, 2 * 3, 2 * 3]
 
 
@@ -57,3 +59,12 @@ def test_too_few_images_for_three_splits_is_a_clear_error(class_folder, make_con
     few = images.groupby("label").head(3)
     with pytest.raises(DataError, match="smallest class has 3 distinct images"):
         split.split_images(few, make_config().data)
+
+
+def test_groups_across_splits_lists_every_copy_of_a_leaking_group():
+    manifest = pd.DataFrame({"path": ["a.png", "b.jpg", "c.png", "d.png", "e.png"],
+                             "label": ["x", "x", "y", "y", "y"],
+                             "split": ["train", "test", "val", "val", "train"],
+                             "group": [0, 0, 2, 2, 4]})
+    leaks = split.groups_across_splits(manifest)
+    assert leaks[["path", "split"]].values.tolist() == [["a.png", "train"], ["b.jpg", "test"]]
