@@ -146,6 +146,7 @@ RULES: dict[str, Rule] = {
     "model.batch_norm": boolean(),
     "model.batch_norm_momentum": fraction(low_open=True),
     "model.residual": boolean(),
+    "model.pooling": choice("average", "flatten"),
     "model.l2": fraction(),
     # The keys of imgcls_utils.models.BACKBONES (a test keeps them equal).
     "model.backbone": choice("mobilenet_v2", "efficientnet_b0", "resnet50", "inception_v3", "vgg16"),

@@ -76,13 +76,16 @@ def _mlp_body(inputs, model: Section):
 
 def _cnn_body(inputs, model: Section):
     """Conv blocks (two 3x3 convs, plain or residual, then 2x2 max pooling), global average
-    pooling and a dense layer."""
+    pooling or flattening, and a dense layer."""
     x = _rescaled(inputs)
     block = _residual_block if model.residual else _plain_block
     for number, filters in enumerate(model.conv_filters, start=1):
         x = block(x, filters, model, f"block{number}")
         x = keras.layers.MaxPooling2D(name=f"block{number}_pool")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
+    if model.pooling == "flatten":
+        x = keras.layers.Flatten(name="flatten")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
     return keras.layers.Dense(model.dense_units, activation="relu", kernel_regularizer=_l2(model),
                               name="dense")(x)
 

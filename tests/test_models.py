@@ -44,6 +44,15 @@ def test_residual_blocks_add_a_projected_shortcut_when_the_width_changes(make_co
     assert "block2_shortcut" not in names  # same width: the identity is the shortcut
 
 
+def test_flatten_pooling_keeps_the_feature_map_layout(make_config):
+    average = models.build_model(make_config(**SMALL).model, (16, 16, 1), 3)
+    flat = models.build_model(make_config(**SMALL, **{"model.pooling": "flatten"}).model,
+                              (16, 16, 1), 3)
+    assert average.get_layer("global_pool").output.shape[-1] == 8
+    assert flat.get_layer("flatten").output.shape[-1] == 8 * 8 * 8  # 16x16 pooled once, 8 filters
+    assert "global_pool" not in layer_names(flat)
+
+
 def test_l2_regularizes_every_kernel(make_config):
     model = models.build_model(make_config(**SMALL, **{"model.l2": 0.01}).model, (16, 16, 1), 3)
     kernels = [layer for layer in model.layers if hasattr(layer, "kernel_regularizer")]
