@@ -4,7 +4,8 @@
 
 - strategy: ``TF_CONFIG`` set -> MultiWorkerMirroredStrategy (one process per machine), several
   GPUs -> MirroredStrategy, one GPU -> OneDeviceStrategy, no GPU -> TensorFlow's default strategy;
-- precision: mixed_float16 on GPUs with compute capability >= 7.0 (tensor cores), else float32;
+- precision: mixed_float16 on GPUs with compute capability >= 7.0 (tensor cores), mixed_bfloat16
+  on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32;
 - XLA: on for GPUs, off on CPU (measured here: it made a small CNN about 6x slower on 2 cores).
 
 Create it before anything else touches TensorFlow: a multi-worker strategy must configure the
@@ -17,6 +18,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import Section
 from .errors import UserError
@@ -29,6 +31,8 @@ STRATEGY_NAMES = {"KerasMultiWorkerStrategy": "MultiWorkerMirroredStrategy",
                   "_DefaultDistributionStrategy": "default"}
 # Compute capability from which GPUs have tensor cores, where float16 math is much faster.
 MIN_MIXED_FLOAT16_CAPABILITY = (7, 0)
+CPUINFO = Path("/proc/cpuinfo")
+BFLOAT16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
 class HardwareError(UserError):
@@ -171,7 +175,22 @@ def _precision(choice: str, gpus: list) -> str:
         return FLOAT32
     if choice != "auto":
         return choice
+    if not gpus:
+        return "mixed_bfloat16" if cpu_has_native_bfloat16() else FLOAT32
     capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
                     for gpu in gpus]
-    fast_float16 = capabilities and min(capabilities) >= MIN_MIXED_FLOAT16_CAPABILITY
+    fast_float16 = min(capabilities) >= MIN_MIXED_FLOAT16_CAPABILITY
     return "mixed_float16" if fast_float16 else FLOAT32
+
+
+def cpu_has_native_bfloat16(cpuinfo: Path | None = None) -> bool:
+    """Whether the CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX-BF16), where
+    oneDNN runs bfloat16 convolutions faster than float32 (measured on a 2-core AMD EPYC:
+    about 1.2x for the default CNN). Elsewhere it is emulated, so ``auto`` keeps float32."""
+    try:
+        text = (cpuinfo or CPUINFO).read_text()
+        flags = {flag for line in text.splitlines() if line.startswith("flags")
+                 for flag in line.split(":", 1)[1].split()}
+    except OSError:  # not Linux: no way to tell without a dependency, so stay with float32
+        return False
+    return bool(BFLOAT16_CPU_FLAGS & flags)

@@ -14,13 +14,24 @@ ON_CPU = not tf.config.list_physical_devices("GPU")
 
 
 @pytest.mark.skipif(not ON_CPU, reason="the automatic choices for a machine without GPU")
-def test_auto_on_cpu_means_default_strategy_float32_and_no_xla(make_config):
+@pytest.mark.parametrize("flags, precision", [("fpu avx2 avx512f", "float32"),
+                                              ("fpu avx2 avx512f avx512_bf16", "mixed_bfloat16"),
+                                              ("fpu amx_bf16 amx_tile", "mixed_bfloat16")])
+def test_auto_on_cpu_means_default_strategy_no_xla_and_bfloat16_where_native(
+        make_config, monkeypatch, tmp_path, flags, precision):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(hardware, "CPUINFO", cpuinfo)
     chosen = hardware.choose_hardware(make_config().train)
     assert chosen.strategy is tf.distribute.get_strategy() and chosen.is_chief
-    assert (chosen.precision, chosen.jit_compile, chosen.steps_per_execution) == ("float32", False, 1)
+    assert (chosen.precision, chosen.jit_compile, chosen.steps_per_execution) == (precision, False, 1)
     assert chosen.describe() == ("strategy default (1 replica(s)), devices /device:CPU:0, "
-                                 "precision float32, XLA off, steps_per_execution 1")
+                                 f"precision {precision}, XLA off, steps_per_execution 1")
     assert chosen.manifest()["strategy"] == "default"
+
+
+def test_without_cpuinfo_the_cpu_stays_float32(tmp_path):
+    assert not hardware.cpu_has_native_bfloat16(tmp_path / "missing")
 
 
 def test_explicit_choices_win(make_config):

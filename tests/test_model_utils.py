@@ -43,7 +43,7 @@ def test_train_and_save_writes_a_complete_folder(trained):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["seed"] == cfg.data.seed and manifest["versions"]["tensorflow"]
     assert manifest["data_fingerprint"]
-    assert manifest["hardware"]["precision"] == "float32"
+    assert manifest["hardware"]["precision"] == model_utils.choose_hardware(cfg.train).precision
     assert set(manifest["files"]) == set(files) - {"manifest.json"}
 
 
