@@ -35,11 +35,12 @@ def result_figures(history: pd.DataFrame, metrics: dict) -> dict:
                                                             metrics["class_names"])}
 
 
-def train_and_save(cfg: Config, model_dir: Path | None = None,
-                   resume: Path | None = None) -> tuple[Path | None, dict]:
+def train_and_save(cfg: Config, model_dir: Path | None = None, resume: Path | None = None,
+                   callbacks: list | None = None) -> tuple[Path | None, dict]:
     """Prepare the data, train (or continue the interrupted run in the ``.partial`` folder
-    ``resume``), evaluate on the test split and save the model folder. Returns the folder and
-    the test metrics (None and {} on a multi-worker run's other workers: the chief does both)."""
+    ``resume``), evaluate on the test split and save the model folder. ``callbacks`` are added
+    to the standard ones. Returns the folder and the test metrics (None and {} on a
+    multi-worker run's other workers: the chief does both)."""
     # First: a multi-worker strategy must be set up before TensorFlow runs anything.
     hardware = model_utils.choose_hardware(cfg.train)
     print(f"training on: {hardware.describe()}", flush=True)
@@ -54,7 +55,8 @@ def train_and_save(cfg: Config, model_dir: Path | None = None,
         _check_same_data(work_dir, prepared.fingerprint)
         history = model_utils.train_model(
             model, datasets["train"], datasets["val"], cfg.train, work_dir, hardware=hardware,
-            fine_tune_layers=cfg.model.fine_tune_layers, class_weight=class_weight(cfg, prepared))
+            fine_tune_layers=cfg.model.fine_tune_layers, class_weight=class_weight(cfg, prepared),
+            callbacks=callbacks)
         if not hardware.is_chief:
             return None, {}
         if hardware.is_multi_worker:
