@@ -47,6 +47,7 @@ class Hardware:
     precision: str
     jit_compile: bool
     steps_per_execution: int
+    deterministic: bool = False
 
     @property
     def is_multi_worker(self) -> bool:
@@ -99,14 +100,16 @@ class Hardware:
         return (f"strategy {self.strategy_name} ({self.strategy.num_replicas_in_sync} "
                 f"replica(s)), devices {', '.join(self.devices)}, precision {self.precision}, "
                 f"XLA {'on' if self.jit_compile else 'off'}, "
-                f"steps_per_execution {self.steps_per_execution}")
+                f"steps_per_execution {self.steps_per_execution}"
+                + (", deterministic ops" if self.deterministic else ""))
 
     def manifest(self) -> dict:
         """The choices, for the model folder's manifest."""
         return {"strategy": self.strategy_name,
                 "replicas": self.strategy.num_replicas_in_sync, "devices": self.devices,
                 "precision": self.precision, "jit_compile": self.jit_compile,
-                "steps_per_execution": self.steps_per_execution}
+                "steps_per_execution": self.steps_per_execution,
+                "deterministic": self.deterministic}
 
 
 class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -134,7 +137,8 @@ def choose_hardware(train: Section) -> Hardware:
     return Hardware(strategy=strategy,
                     precision=_precision(train.mixed_precision, gpus if on_gpu else []),
                     jit_compile=on_gpu if train.jit_compile == "auto" else train.jit_compile,
-                    steps_per_execution=train.steps_per_execution)
+                    steps_per_execution=train.steps_per_execution,
+                    deterministic=train.deterministic)
 
 
 def _strategy(choice: str, gpus: list) -> tf.distribute.Strategy:

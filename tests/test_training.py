@@ -189,3 +189,19 @@ def test_resume_refuses_overrides_and_finished_runs(project):
     (finished / "manifest.json").write_text("{}")
     done, _ = imgcls("train", "--resume", "done_run", cwd=project)
     assert done.returncode == 2 and "is a finished model folder, nothing to resume" in done.stderr
+
+
+def test_runs_with_the_same_seed_and_deterministic_ops_train_identically(project, class_folder):
+    options = ["--set", f"data.source={class_folder}", "--set", "data.image_size=[16,16]",
+               "--set", "model.conv_filters=[8]", "--set", "train.epochs=3",
+               "--set", "train.deterministic=true", "--set", "train.verbose=0"]
+    histories = []
+    for _ in range(2):  # in fresh processes: op determinism cannot be switched off again
+        done, _ = imgcls("train", *options, cwd=project)
+        assert done.returncode == 0, done.stderr
+        folder = done.stdout.split("model folder: ")[1].strip()
+        histories.append(pd.read_csv(f"{folder}/history.csv"))
+        manifest = json.loads((project / folder / "manifest.json").read_text())
+        assert manifest["hardware"]["deterministic"] is True
+    pd.testing.assert_frame_equal(*histories, check_exact=True)
+    assert histories[0]["loss"].nunique() == 3
