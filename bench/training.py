@@ -1,0 +1,249 @@
+"""Training benchmark: three figures, each measured in this run.
+
+1. fashion: the strong CNN (``FASHION_CNN``) trained on Fashion-MNIST from the Debian package's
+   IDX files: test accuracy, training wall time, time to 0.93 validation accuracy, images/s;
+2. wrappers: images/s of imgcls' training (``compile_model`` + ``train_model``: callbacks,
+   per-epoch checkpoints, TensorBoard, tf.data from shards) vs a plain Keras script (the same
+   model compiled with "adam", ``fit`` on NumPy arrays), same images, same batch size;
+3. knobs: images/s of the default CNN's training step with each speed knob (mixed precision,
+   XLA, steps_per_execution, batch size) relative to the defaults, on data already in memory.
+
+    .venv/bin/python bench/training.py                  # all three, about 20 minutes on 2 cores
+    .venv/bin/python bench/training.py --only knobs     # or fashion / wrappers
+
+Needs the Debian package dataset-fashion-mnist (``apt-get install dataset-fashion-mnist``) for
+1 and 2. Everything it writes goes to a temporary project folder, deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from imgcls_utils import data_utils, model_utils, pipeline  # noqa: E402
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
+from imgcls_utils.runtime import keras, tf  # noqa: E402
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_DATA = {
+    "data.source": f"idx:{FASHION_MNIST}", "data.image_size": [28, 28],
+    "data.class_names": ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle_boot"],
+    # 56,000 to train on, 10,500 to test on (the official split has 60,000 and 10,000)
+    "data.train_fraction": 0.8, "data.val_fraction": 0.05, "data.test_fraction": 0.15,
+}
+FASHION_CNN = {
+    "model.pooling": "flatten", "train.epochs": 10, "train.batch_size": 128,
+    "train.lr_schedule": "cosine",
+    "train.optimizer": "adamw", "train.learning_rate": 0.003, "train.label_smoothing": 0.1,
+    "train.early_stopping_patience": 10,
+    "augment.flip": "horizontal", "augment.rotation": 0.0, "augment.zoom": 0.0,
+    "augment.translation": 0.0,
+}
+TARGET_ACCURACY = 0.93
+KNOBS = {
+    "mixed precision bfloat16": {"train.mixed_precision": "mixed_bfloat16"},
+    "mixed precision float16": {"train.mixed_precision": "mixed_float16"},
+    "XLA (jit_compile)": {"train.jit_compile": True},
+    "steps_per_execution 8": {"train.steps_per_execution": 8},
+    "batch size 32": {"train.batch_size": 32},
+    "batch size 128": {"train.batch_size": 128},
+    "batch size 256": {"train.batch_size": 256},
+}
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Wall time of every epoch, begin to begin (so the work of every other callback counts),
+    and the time since the start at which validation accuracy first reached a target."""
+
+    def __init__(self, target: float = TARGET_ACCURACY):
+        super().__init__()
+        self.target, self.starts, self.reached = target, [], None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.starts.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.reached is None and (logs or {}).get("val_accuracy", 0) >= self.target:
+            self.reached = (epoch + 1, time.perf_counter() - self.starts[0])
+
+    def on_train_end(self, logs=None):
+        self.starts.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        return list(np.diff(self.starts))
+
+
+def project(folder: Path, **overrides):
+    """A config rooted in ``folder`` (its own Processed_Data and Trained_Models; built-in
+    sources are materialized once, next to it, for all parts)."""
+    (folder / "config").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / CONFIG_RELATIVE_PATH, folder / CONFIG_RELATIVE_PATH)
+    return load_config(folder / CONFIG_RELATIVE_PATH, overrides={
+        "train.verbose": 0, "paths.raw_dir": str(folder.parent / "Raw_Data"), **overrides})
+
+
+# ----------------------------------------------------------------------------- 1. fashion
+
+def fashion(tmp: Path) -> None:
+    cfg = project(tmp / "fashion", **FASHION_DATA, **FASHION_CNN)
+    started = time.perf_counter()
+    prepared = data_utils.prepare_data(cfg)
+    preparing = time.perf_counter() - started
+    clock = EpochClock()
+    _, metrics = pipeline.train_and_save(cfg, callbacks=[clock])
+    epochs = clock.durations()
+    training = sum(epochs)
+    parameters = model_utils.count_parameters(model_utils.build_model(
+        cfg.model, prepared.input_shape, len(prepared.class_names)))["total"]
+    reached = (f"epoch {clock.reached[0]}, {clock.reached[1] / 60:.1f} min" if clock.reached
+               else "not reached")
+    print(f"\n1. Fashion-MNIST, strong CNN ({parameters:,} parameters, {len(epochs)} epochs; "
+          f"train {prepared.count('train')} / val {prepared.count('val')} / test "
+          f"{prepared.count('test')} images):\n"
+          f"   test accuracy {metrics['test_accuracy']:.4f} (macro F1 {metrics['macro_f1']:.4f})\n"
+          f"   training wall time {training / 60:.1f} min "
+          f"({prepared.count('train') * len(epochs) / training:,.0f} images/s), "
+          f"preparing the data {preparing:.0f} s\n"
+          f"   validation accuracy >= {TARGET_ACCURACY}: {reached}", flush=True)
+
+
+# ----------------------------------------------------------------------------- 2. wrappers
+
+def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) -> None:
+    source = subset(tmp / "fashion-subset", images)
+    run = {"data.source": str(source), "train.epochs": epochs,
+           "train.early_stopping_patience": epochs}
+    configs = {  # the same work as the plain script first: float32, no augmentation
+        "ours": project(tmp / "float32", **run, **{"augment.enabled": False,
+                                                   "train.mixed_precision": "off"}),
+        "auto": project(tmp / "auto", **run, **{"augment.enabled": False}),
+        "augmented": project(tmp / "augmented", **run),
+    }
+    cfg = configs["ours"]
+    arrays = {split: as_arrays(data_utils.make_dataset(data_utils.prepare_data(cfg), split, 256))
+              for split in ("train", "val")}
+    times = {"plain": [], **{name: [] for name in configs}}
+    for _ in range(rounds):  # interleaved, so drift in the machine's speed hits all alike
+        times["plain"] += plain_keras_epochs(cfg, arrays)[1:]
+        for name, config in configs.items():
+            times[name] += imgcls_epochs(config)[1:]
+    count = len(arrays["train"][1])
+    # Epoch times on this shared 2-core machine vary by up to 2x from one epoch to the next;
+    # the median of many epochs and the fastest epoch are the two robust figures.
+    rate = {name: count / statistics.median(values) for name, values in times.items()}
+    best = {name: count / min(values) for name, values in times.items()}
+    auto = model_utils.choose_hardware(configs["auto"].train).precision
+    labels = {"plain": "plain Keras (compile('adam'), fit on NumPy arrays), float32",
+              "ours": "imgcls compile_model + train_model (tf.data), float32",
+              "auto": f"imgcls, automatic precision ({auto})",
+              "augmented": "imgcls, automatic precision and the default augmentation"}
+    print(f"\n2. wrappers, images/s of training epochs 2-{epochs} ({count} Fashion-MNIST images, "
+          f"batch {cfg.train.batch_size}, {cfg.data.image_size[0]}x{cfg.data.image_size[1]}, "
+          f"{rounds} runs each, validation included); median epoch, ratio | fastest epoch, ratio:")
+    for name, label in labels.items():
+        target = "   (target >= 0.95)" if name == "ours" else ""
+        print(f"   {label:<62} {rate[name]:6,.0f} x{rate[name] / rate['plain']:.2f} | "
+              f"{best[name]:6,.0f} x{best[name] / best['plain']:.2f}{target}")
+
+
+def subset(target: Path, count: int) -> Path:
+    """Every n-th image of the materialized Fashion-MNIST folder, as hard links."""
+    cfg = project(target.parent / "materialize", **FASHION_DATA)
+    folder = data_utils.resolve_source(cfg.data, cfg.path("raw_dir"))
+    files = sorted(folder.rglob("*.png"))
+    for path in files[::len(files) // count][:count]:
+        link = target / path.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.hardlink_to(path)
+    return target
+
+
+def as_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
+    batches = list(dataset.as_numpy_iterator())
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+
+
+def plain_keras_epochs(cfg, arrays: dict) -> list[float]:
+    """The tutorial way: the same network, compiled with defaults, fit on NumPy arrays."""
+    model_utils.set_seed(cfg.data.seed)
+    classes = int(arrays["train"][1].max()) + 1
+    model = model_utils.build_model(cfg.model, arrays["train"][0].shape[1:], classes)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    clock = EpochClock()
+    model.fit(*arrays["train"], batch_size=cfg.train.batch_size, epochs=cfg.train.epochs,
+              validation_data=arrays["val"], callbacks=[clock], verbose=0)
+    return clock.durations()
+
+
+def imgcls_epochs(cfg) -> list[float]:
+    """imgcls' way, as ``imgcls train`` runs it (in a new .partial folder each time)."""
+    hardware = model_utils.choose_hardware(cfg.train)
+    prepared = data_utils.prepare_data(cfg)
+    datasets = pipeline.make_datasets(cfg, prepared)
+    model_utils.set_seed(cfg.data.seed)
+    with hardware.scope():
+        model = model_utils.build_model(cfg.model, prepared.input_shape, len(prepared.class_names))
+        model_utils.compile_model(model, cfg.train, len(datasets["train"]), hardware)
+    clock = EpochClock()
+    model_utils.train_model(model, datasets["train"], datasets["val"], cfg.train,
+                            model_utils.new_model_folder(cfg), hardware=hardware, callbacks=[clock])
+    return clock.durations()
+
+
+# ----------------------------------------------------------------------------- 3. knobs
+
+def knobs(tmp: Path, rounds: int = 3, steps: int = 120) -> None:
+    names = ["defaults", *KNOBS]
+    rates = {name: [] for name in names}
+    for _ in range(rounds):  # interleaved, so drift in the machine's speed hits all alike
+        for name in names:
+            rates[name].append(step_rate(project(tmp / "knobs", **KNOBS.get(name, {})), steps))
+    base = statistics.median(rates["defaults"])
+    cfg = project(tmp / "knobs")
+    print(f"\n3. speed knobs, images/s of the default CNN's training step ({cfg.data.image_size[0]}x"
+          f"{cfg.data.image_size[1]}x{cfg.data.channels}, batch {cfg.train.batch_size} unless "
+          f"named; data in memory; median of {rounds}):")
+    for name in names:
+        rate = statistics.median(rates[name])
+        print(f"   {name:<26} {rate:7,.0f}   x{rate / base:.2f}   "
+              f"(runs: {', '.join(f'{r:,.0f}' for r in rates[name])})")
+
+
+def step_rate(cfg, steps: int) -> float:
+    hardware = model_utils.choose_hardware(cfg.train)
+    size, batch = (*cfg.data.image_size, cfg.data.channels), cfg.train.batch_size
+    images = tf.random.uniform((batch, *size), 0, 255, seed=1)
+    data = tf.data.Dataset.from_tensors((images, tf.zeros((batch,), tf.int64))).repeat()
+    with hardware.scope():
+        model = model_utils.build_model(cfg.model, size, 10)
+        model_utils.compile_model(model, cfg.train, steps, hardware)
+    model.fit(data, steps_per_epoch=2 * hardware.steps_per_execution, epochs=1, verbose=0)
+    started = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+    return steps * batch / (time.perf_counter() - started)
+
+
+PARTS = {"fashion": fashion, "wrappers": wrappers, "knobs": knobs}
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=list(PARTS), action="append",
+                        help="run only this part (repeatable); default: all")
+    args = parser.parse_args()
+    wanted = args.only or list(PARTS)
+    if {"fashion", "wrappers"} & set(wanted) and not FASHION_MNIST.is_dir():
+        sys.exit(f"{FASHION_MNIST} is missing: apt-get install dataset-fashion-mnist")
+    with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as folder:
+        for part in wanted:
+            PARTS[part](Path(folder))
