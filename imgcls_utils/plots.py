@@ -36,7 +36,7 @@ def plot_top_losses(losses: pd.DataFrame, folder: Path, image_size, channels: in
     images = [load_image(Path(folder) / path, tuple(image_size), channels) for path in losses["path"]]
     titles = [f"{row.predicted} {row.p_predicted:.2f}\ntrue {row.true} {row.p_true:.2f}"
               for row in losses.itertuples()]
-    return _grid(images, titles, columns, "Top losses: predicted (p) / true (p)", (1.6, 1.8))
+    return _grid(images, titles, columns, "Top losses: predicted (p) / true (p)", (1.6, 2.0))
 
 
 def _grid(images, titles: list[str], columns: int, title: str, cell: tuple[float, float]) -> Figure:
