@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from .config import Config, Section
 from .errors import DataError
-from .images import IMAGE_EXTENSIONS, load_image, pixel_limit_checked_by_caller
-from .scan import (DECODE_ERRORS, ScanResult, animated_images, class_counts, class_imbalance,
+from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image, pixel_limit_checked_by_caller
+from .scan import (ScanResult, animated_images, class_counts, class_imbalance,
                    image_size_summary, load_samples, pixel_statistics, scan_image_folder,
                    scan_report, scan_source)
 from .sources import (DIGITS_SOURCE, materialize_digits, materialize_idx, materialize_tfds,
@@ -43,8 +43,9 @@ __all__ = [
 SHARD_SIZE = 2048
 DECODE_CHUNK = 256  # images decoded ahead of the writer: bounds memory for large image sizes
 READ_BUFFER_BYTES = 1 << 20
-# Bump when the shard layout changes, so older processed folders are rebuilt, not misread.
-PROCESSED_FORMAT = 2
+# Bump when the shard or manifest layout changes, so that older processed folders are rebuilt,
+# not misread.
+PROCESSED_FORMAT = 3
 # Settings that change how data is found or read, not what is written to Processed_Data.
 NOT_FINGERPRINTED = {"source", "cache", "cache_budget_mb"}
 
@@ -70,8 +71,9 @@ class PreparedData:
         return int((self.manifest["split"] == split).sum())
 
     def paths(self, split: str) -> list[str]:
-        """The split's image paths (relative to ``source``) in the order its dataset yields
-        them when not training: what row ``i`` of an evaluation's predictions refers to."""
+        """The split's image paths (relative to ``source``) in the order its shards hold them,
+        which is the order its dataset yields them when not training: what row ``i`` of an
+        evaluation's predictions refers to."""
         return self.manifest.loc[self.manifest["split"] == split, "path"].tolist()
 
     def shards(self, split: str) -> list[str]:
@@ -126,6 +128,7 @@ def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str) ->
     class_index = {name: i for i, name in enumerate(scan.class_names)}
     progress = tqdm(total=len(manifest), desc=f"preprocessing {scan.folder.name}", unit="img",
                     leave=False, mininterval=1.0)
+    written = []
     with pixel_limit_checked_by_caller(), ThreadPoolExecutor(os.cpu_count()) as pool:
         for split in SPLITS:
             rows = manifest[manifest["split"] == split]
@@ -134,7 +137,9 @@ def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str) ->
                 # only mixes records that are near each other in the files.
                 rows = rows.sample(frac=1, random_state=data.seed)
             _write_shards(rows, scan.folder, tmp / split, class_index, data, pool, progress)
+            written.append(rows)
     progress.close()
+    manifest = pd.concat(written, ignore_index=True)  # in shard order: see PreparedData.paths
     manifest.to_csv(tmp / "manifest.csv", index=False)
     info = {"fingerprint": key, "source": str(scan.folder), "class_names": scan.class_names,
             "image_size": list(data.image_size), "channels": data.channels,

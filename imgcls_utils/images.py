@@ -7,7 +7,9 @@ duplicate finder, to training and to ``imgcls predict``.
 
 from __future__ import annotations
 
+import struct
 import warnings
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +21,16 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "WEBP", "TIFF"}
 # Above this many pixels Pillow refuses to open a file at all (twice its warning threshold).
 PILLOW_PIXEL_LIMIT = 2 * Image.MAX_IMAGE_PIXELS
+# What a damaged file makes Pillow's decoders raise.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+# Files that operating systems and NAS boxes leave behind; never data, ignored without a report.
+SYSTEM_NAMES = {"Thumbs.db", "desktop.ini", "__MACOSX", "@eaDir"}
+
+
+def is_hidden(name: str) -> bool:
+    """Dot files and folders (``.DS_Store``, macOS ``._*`` resource forks, ``.ipynb_checkpoints``)
+    and system files: never images of a dataset."""
+    return name.startswith(".") or name in SYSTEM_NAMES
 
 
 @contextmanager

@@ -8,16 +8,19 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
-from .images import IMAGE_EXTENSIONS, load_image
+from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, is_hidden, load_image
 from .runtime import keras
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """The given image files, plus the image files under any given folder, sorted."""
+    """The given image files, plus the image files under any given folder, sorted (hidden and
+    system files such as ``._photo.jpg`` or ``.ipynb_checkpoints/`` left out)."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                            and p.is_file()
+                            and not any(map(is_hidden, p.relative_to(path).parts)))
         elif path.is_file():
             found.append(path)
         else:
@@ -35,7 +38,7 @@ def predict_files(model: keras.Model, class_names: list[str], config: dict, path
     for path in image_files(paths):
         try:
             pixels = load_image(path, tuple(data["image_size"]), data["channels"])
-        except (OSError, Image.DecompressionBombError) as error:
+        except (*DECODE_ERRORS, Image.DecompressionBombError) as error:
             raise UserError(f"{path} is not a readable image ({error}); give PNG, JPEG, BMP, "
                             "GIF, WebP or TIFF files") from None
         probabilities = model.predict_on_batch(pixels[None].astype("float32"))[0]

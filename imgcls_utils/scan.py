@@ -9,11 +9,8 @@ can say which label is right and keeping either would teach the model a contradi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +23,12 @@ from tqdm import tqdm
 from . import duplicates
 from .config import Config, Section
 from .errors import DataError
-from .images import (IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS, decode_thumbnail,
-                     load_image, pixel_limit_checked_by_caller)
+from .files import file_sha256, write_atomically
+from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS,
+                     decode_thumbnail, is_hidden, load_image, pixel_limit_checked_by_caller)
 
-# Files that operating systems and NAS boxes leave behind; never data, ignored without a report.
-SYSTEM_NAMES = {"Thumbs.db", "desktop.ini", "__MACOSX", "@eaDir"}
 # A thumbnail this size is plenty for a 64 x 64 pHash and decodes JPEGs at 1/8 scale.
 HASH_THUMBNAIL_SIDE = 128
-# What a damaged file makes Pillow's decoders raise.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 CACHE_SUFFIX = ".scan-cache.json"
 CACHE_VERSION = 1  # bump when a record's fields or the checks change
 IMAGE_COLUMNS = ["path", "label", "width", "height", "mode", "format", "frames", "sha256", "phash"]
@@ -109,14 +103,9 @@ def scan_source(cfg: Config) -> ScanResult:
 
 # ----------------------------------------------------------------------------- walk
 
-def _is_hidden(name: str) -> bool:
-    """Dot files (``.DS_Store``, macOS ``._*`` resource forks) and system files."""
-    return name.startswith(".") or name in SYSTEM_NAMES
-
-
 def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and not p.is_symlink() and not _is_hidden(p.name))
+                  if p.is_dir() and not p.is_symlink() and not is_hidden(p.name))
 
 
 def _walk(folder: Path) -> tuple[dict[str, list[int]], list[dict]]:
@@ -129,7 +118,7 @@ def _walk(folder: Path) -> tuple[dict[str, list[int]], list[dict]]:
 
     def visit(directory: str, prefix: str) -> None:
         with os.scandir(directory) as scanned:
-            entries = sorted((e for e in scanned if not _is_hidden(e.name)), key=lambda e: e.name)
+            entries = sorted((e for e in scanned if not is_hidden(e.name)), key=lambda e: e.name)
         for entry in entries:
             relative = prefix + entry.name
             if entry.is_dir(follow_symlinks=False):
@@ -203,11 +192,8 @@ def _read_cache(cache_file: Path | None, key: dict) -> dict:
 
 
 def _write_cache(cache_file: Path, key: dict, files: dict) -> None:
-    cache_file = Path(cache_file)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(cache_file.name + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "files": files}, separators=(",", ":")))
-    os.replace(tmp, cache_file)
+    Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(cache_file, json.dumps({"key": key, "files": files}, separators=(",", ":")))
 
 
 def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
@@ -248,14 +234,6 @@ def _header_problem(facts: dict, limits: Limits) -> tuple[str, str] | None:
         return "too small", (f"{width} x {height} pixels is below data.min_image_size = "
                              f"[{min_height}, {min_width}] (height, width)")
     return None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _conflict_record(conflicting: pd.DataFrame, row) -> dict:

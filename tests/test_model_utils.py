@@ -147,3 +147,18 @@ def test_same_seed_gives_same_initial_weights(make_config):
         model_utils.set_seed(3)
         weights.append(model_utils.build_model(cfg.model, (16, 16, 1), 3).get_weights()[0])
     np.testing.assert_array_equal(*weights)
+
+
+def test_prediction_skips_hidden_files_and_reports_damaged_images(trained, tmp_path):
+    _, folder, _ = trained
+    model, class_names, config = model_utils.load_model_folder(folder)
+    images = tmp_path / "new"
+    write_image(images / "a.png")
+    (images / "._a.png").write_bytes(b"\0\5Mac resource fork")
+    write_image(images / ".ipynb_checkpoints" / "a-checkpoint.png")
+    assert [p.name for p, _ in model_utils.predict_files(model, class_names, config, [images])] \
+        == ["a.png"]
+    whole = write_image(tmp_path / "whole.png", size=(40, 40)).read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(UserError, match="cut.png is not a readable image"):
+        model_utils.predict_files(model, class_names, config, [tmp_path / "cut.png"])
