@@ -3,7 +3,8 @@
 ``<run>.partial/checkpoints/state.json`` says which epochs are done (the whole history), which
 weights file holds the latest epoch (model and optimizer, so Adam's moments and the step count
 continue) and which the best one (lowest validation loss), and the counters of early stopping
-and reduce-on-plateau, so a resumed run stops at the same epoch as an uninterrupted one.
+and reduce-on-plateau, so a resumed run stops at the same epoch as an uninterrupted one, and
+the fingerprint of the data it trains on, so it is never continued on other data.
 
 Writes are ordered so that a ``kill -9`` at any moment leaves a consistent state: weights go to
 new, epoch-numbered files first, then ``state.json`` is replaced atomically to point at them,
@@ -17,12 +18,13 @@ order) and TensorBoard's event files (a resumed run adds new ones next to the ol
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
+from .files import write_atomically
 from .runtime import keras
 
 CHECKPOINT_DIR = "checkpoints"
@@ -53,6 +55,13 @@ class RunState:
     @property
     def folder(self) -> Path:
         return self.work_dir / CHECKPOINT_DIR
+
+    def check_data(self, fingerprint: str) -> None:
+        """Remember the data fingerprint a run trains on; refuse to continue it on other data."""
+        recorded = self.values.setdefault("data_fingerprint", fingerprint)
+        if recorded != fingerprint:
+            raise UserError(f"{self.work_dir}: the data changed since this run started (its "
+                            "fingerprint differs), so it cannot be resumed; start a new run")
 
     def history(self) -> pd.DataFrame:
         """One row per finished epoch: ``epoch`` (from 1), ``phase``, the metrics, the rate."""
@@ -97,8 +106,8 @@ class RunState:
 
     def save(self) -> None:
         """Point ``state.json`` at the new files atomically, rewrite the history, tidy up."""
-        _replace_atomically(self.folder / STATE_FILE, json.dumps(self.values, indent=1))
-        _replace_atomically(self.work_dir / HISTORY_FILE, self.history().to_csv(index=False))
+        write_atomically(self.folder / STATE_FILE, json.dumps(self.values, indent=1))
+        write_atomically(self.work_dir / HISTORY_FILE, self.history().to_csv(index=False))
         keep = self._referenced_files()
         for path in [*self.folder.glob("*.weights.h5"), *self.folder.glob("*.npz")]:
             if path.name not in keep:
@@ -107,12 +116,6 @@ class RunState:
     def _referenced_files(self) -> set[str]:
         files = {phase["latest"] for phase in self.values["phases"].values() if phase["latest"]}
         return files | ({self.values["best"]["file"]} if self.values["best"] else set())
-
-
-def _replace_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunCheckpoint(keras.callbacks.Callback):

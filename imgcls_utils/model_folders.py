@@ -23,7 +23,7 @@ from .config import Config, load_config
 from .errors import UserError
 from .hardware import Hardware
 from .runtime import keras, tf
-from .scan import file_sha256
+from .files import file_sha256
 
 MODEL_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
@@ -67,18 +67,22 @@ def partial_folder(final: Path) -> Path:
     return final.with_name(final.name + PARTIAL_SUFFIX)
 
 
+def final_folder(folder: Path) -> Path:
+    """The finished model folder's name for a ``.partial`` folder (or for itself)."""
+    return folder.with_name(folder.name.removesuffix(PARTIAL_SUFFIX))
+
+
 def find_unfinished_run(run: str | Path, models_dir: Path) -> Path:
     """The ``.partial`` folder of an interrupted run, given its path (with or without the
     suffix) or its run id (the folder name under ``models_dir``)."""
     given = Path(run).expanduser()
-    places = [given] if given.is_absolute() or given.exists() else [Path(models_dir) / given]
-    for place in places:
-        final = place.with_name(place.name.removesuffix(PARTIAL_SUFFIX))
-        if partial_folder(final).is_dir():
-            return partial_folder(final)
-        if (final / MANIFEST_FILE).is_file():
-            raise ModelFolderError(f"{final} is a finished model folder, nothing to resume; "
-                                   "start a new run with `imgcls train`")
+    final = final_folder(given if given.is_absolute() or given.exists()
+                         else Path(models_dir) / given)
+    if partial_folder(final).is_dir():
+        return partial_folder(final)
+    if (final / MANIFEST_FILE).is_file():
+        raise ModelFolderError(f"{final} is a finished model folder, nothing to resume; "
+                               "start a new run with `imgcls train`")
     unfinished = sorted(p.name for p in Path(models_dir).glob(f"*{PARTIAL_SUFFIX}"))
     raise ModelFolderError(f"--resume {run}: no unfinished run of that name in {models_dir} "
                            f"(unfinished runs there: {', '.join(unfinished) or 'none'}); give "
@@ -108,7 +112,7 @@ def save_model_folder(work_dir: Path, model: keras.Model, cfg: Config, class_nam
     shutil.rmtree(work_dir / CHECKPOINT_DIR, ignore_errors=True)
     manifest = run_manifest(cfg, data_fingerprint, hardware, file_hashes(work_dir))
     (work_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    final = work_dir.with_name(work_dir.name.removesuffix(PARTIAL_SUFFIX))
+    final = final_folder(work_dir)
     work_dir.rename(final)
     return final
 

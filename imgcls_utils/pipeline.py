@@ -15,8 +15,6 @@ from . import data_utils, evaluation, model_utils, plots
 from .checkpoints import CHECKPOINT_DIR
 from .config import Config
 
-DATA_FINGERPRINT_FILE = "data_fingerprint.txt"
-
 
 def make_datasets(cfg: Config, prepared: data_utils.PreparedData) -> dict:
     """Train (shuffled, augmented), val and test datasets for a prepared dataset."""
@@ -52,11 +50,10 @@ def train_and_save(cfg: Config, model_dir: Path | None = None, resume: Path | No
         model = model_utils.build_model(cfg.model, prepared.input_shape, len(prepared.class_names))
         model_utils.compile_model(model, cfg.train, len(datasets["train"]), hardware)
     with _work_folder(cfg, hardware, model_dir, resume) as work_dir:
-        _check_same_data(work_dir, prepared.fingerprint)
         history = model_utils.train_model(
             model, datasets["train"], datasets["val"], cfg.train, work_dir, hardware=hardware,
             fine_tune_layers=cfg.model.fine_tune_layers, class_weight=class_weight(cfg, prepared),
-            callbacks=callbacks)
+            callbacks=callbacks, data_fingerprint=prepared.fingerprint)
         if not hardware.is_chief:
             return None, {}
         if hardware.is_multi_worker:
@@ -80,18 +77,6 @@ def _work_folder(cfg: Config, hardware, model_dir: Path | None, resume: Path | N
         if resume:
             shutil.copytree(Path(resume) / CHECKPOINT_DIR, Path(private) / CHECKPOINT_DIR)
         yield Path(private)
-
-
-def _check_same_data(work_dir: Path, fingerprint: str) -> None:
-    """Remember the data a run started with; refuse to resume it on different data."""
-    recorded = Path(work_dir) / CHECKPOINT_DIR / DATA_FINGERPRINT_FILE
-    if not recorded.is_file():
-        recorded.parent.mkdir(parents=True, exist_ok=True)
-        recorded.write_text(fingerprint)
-    elif recorded.read_text() != fingerprint:
-        raise model_utils.ModelFolderError(
-            f"{work_dir}: the data changed since this run started (its fingerprint differs), so "
-            "it cannot be resumed; start a new run with `imgcls train`")
 
 
 def class_weight(cfg: Config, prepared: data_utils.PreparedData) -> dict[int, float] | None:

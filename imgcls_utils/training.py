@@ -167,7 +167,7 @@ class StopOnNaN(keras.callbacks.Callback):
                 "train.learning_rate (or check the data for broken images)")
 
 
-def training_callbacks(train: Section, log_dir: Path) -> list:
+def training_callbacks(train: Section, work_dir: Path) -> list:
     """Early stopping, the plateau schedule when chosen, TensorBoard logs and stop-on-NaN.
     The best checkpoint, the history and the resume state are kept by ``RunCheckpoint``."""
     schedule = []
@@ -177,19 +177,23 @@ def training_callbacks(train: Section, log_dir: Path) -> list:
             min_lr=train.learning_rate / 1000))
     return schedule + [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=train.early_stopping_patience),
-        keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0),
-        StopOnNaN(log_dir.parent),
+        keras.callbacks.TensorBoard(log_dir=str(work_dir / TENSORBOARD_DIR), write_graph=False,
+                                    profile_batch=0),
+        StopOnNaN(work_dir),
     ]
 
 
 def train_model(model: keras.Model, train_ds, val_ds, train: Section, work_dir: Path, *,
                 hardware: Hardware | None = None, fine_tune_layers: int = 0,
-                class_weight: dict[int, float] | None = None,
-                callbacks: list | None = None) -> pd.DataFrame:
-    """Fit every phase, continuing from the state saved in ``work_dir`` if there is one; the
-    model ends with the weights of its best validation epoch. ``callbacks`` are added to the
-    standard ones (``training_callbacks``). Returns the whole history, one row per epoch."""
+                class_weight: dict[int, float] | None = None, callbacks: list | None = None,
+                data_fingerprint: str | None = None) -> pd.DataFrame:
+    """Fit every phase, continuing from the state saved in ``work_dir`` if there is one (and,
+    given ``data_fingerprint``, only on the same data); the model ends with the weights of its
+    best validation epoch. ``callbacks`` are added to the standard ones
+    (``training_callbacks``). Returns the whole history, one row per epoch."""
     state = RunState.load(work_dir)
+    if data_fingerprint:
+        state.check_data(data_fingerprint)
     if state.epochs_done():
         print(f"resuming {work_dir} after epoch {state.epochs_done()}", flush=True)
     steps_per_epoch = int(train_ds.cardinality())
@@ -209,7 +213,7 @@ def train_model(model: keras.Model, train_ds, val_ds, train: Section, work_dir: 
 
 def _fit_phase(model, train_ds, val_ds, train: Section, phase: Phase, state: RunState,
                class_weight, extra_callbacks: list) -> None:
-    standard = training_callbacks(train, state.work_dir / TENSORBOARD_DIR)
+    standard = training_callbacks(train, state.work_dir)
     first_epoch = state.phase(phase.name)["first_epoch"]
     # The checkpoint goes last: it saves what the others did in the epoch (counters, logs).
     callbacks = [*standard, *extra_callbacks, RunCheckpoint(state, phase.name, standard)]

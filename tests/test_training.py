@@ -10,6 +10,7 @@ import pytest
 
 from imgcls_utils import data_utils, model_utils, pipeline, training
 from imgcls_utils.checkpoints import RunCheckpoint, RunState
+from imgcls_utils.errors import UserError
 from imgcls_utils.runtime import keras
 from tests.test_cli import imgcls
 from tests.test_models import SMALL, TINY_TRANSFER
@@ -205,3 +206,13 @@ def test_runs_with_the_same_seed_and_deterministic_ops_train_identically(project
         assert manifest["hardware"]["deterministic"] is True
     pd.testing.assert_frame_equal(*histories, check_exact=True)
     assert histories[0]["loss"].nunique() == 3
+
+
+def test_a_run_is_never_continued_on_other_data(tmp_path):
+    state = RunState.load(tmp_path)
+    state.check_data("fingerprint-a")
+    state.save()
+    resumed = RunState.load(tmp_path)
+    resumed.check_data("fingerprint-a")
+    with pytest.raises(UserError, match="data changed since this run started"):
+        resumed.check_data("fingerprint-b")
