@@ -7,14 +7,14 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
-def predict_labels(model, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(true labels, predicted labels, probabilities)`` over a batched dataset, in order."""
+def predict_labels(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(true labels, class probabilities)`` over a batched dataset, in its order."""
     truth, probabilities = [], []
     for images, labels in dataset:
         probabilities.append(model.predict_on_batch(images))
         truth.append(np.asarray(labels))
     probabilities = np.concatenate(probabilities)
-    return np.concatenate(truth), probabilities.argmax(axis=1), probabilities
+    return np.concatenate(truth), probabilities
 
 
 def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> pd.DataFrame:
@@ -28,7 +28,7 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
 
 def evaluate_model(model, test_ds, class_names: list[str]) -> dict:
     """``test_metrics`` of ``model``'s predictions on a batched test dataset."""
-    y_true, _, probabilities = predict_labels(model, test_ds)
+    y_true, probabilities = predict_labels(model, test_ds)
     return test_metrics(y_true, probabilities, class_names)
 
 
