@@ -282,8 +282,9 @@ def _is_materialized(folder: Path, marker: dict) -> bool:
         return False
     path = folder / MARKER_FILE
     if not path.is_file():
-        raise DataError(f"{folder} exists but imgcls did not materialize it (no {MARKER_FILE}); "
-                        "rename or delete it, or set data.source to its path to use it as a folder")
+        raise DataError(f"{folder} exists but has no {MARKER_FILE}: either imgcls did not "
+                        "materialize it (rename it, or set data.source to its path to use it as "
+                        "a folder) or an earlier imgcls, without markers, did (delete it: it is made again)")
     made = json.loads(path.read_text())
     if {key: made.get(key) for key in marker} != marker:
         raise DataError(f"{folder} was materialized from {made.get('source')} with data.class_names "
@@ -317,16 +318,16 @@ def _write_samples(folder: Path, class_names: list[str], samples: Iterable[Sampl
     samples = iter(samples)
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         while chunk := list(islice(samples, WRITE_CHUNK)):
-            count += sum(pool.map(lambda sample: _write_sample(folder, *sample), chunk))
+            list(pool.map(lambda sample: _write_sample(folder, *sample), chunk))  # raises errors
+            count += len(chunk)
     for empty in [d for d in folder.iterdir() if not any(d.iterdir())]:
         empty.rmdir()  # a label that never occurs would otherwise be an empty class folder
     return count
 
 
-def _write_sample(folder: Path, relative: str, payload) -> int:
+def _write_sample(folder: Path, relative: str, payload) -> None:
     if isinstance(payload, np.ndarray):
         buffer = io.BytesIO()
         Image.fromarray(payload).save(buffer, "PNG", compress_level=1)
         payload = buffer.getvalue()
     (folder / relative).write_bytes(payload)
-    return 1
