@@ -2,9 +2,9 @@
 
 1. fashion: the strong CNN (``FASHION_CNN``) trained on Fashion-MNIST from the Debian package's
    IDX files: test accuracy, training wall time, time to 0.93 validation accuracy, images/s;
-2. wrappers: images/s of imgcls' training (``compile_model`` + ``train_model``: callbacks,
-   per-epoch checkpoints, TensorBoard, tf.data from shards) vs a plain Keras script (the same
-   model compiled with "adam", ``fit`` on NumPy arrays), same images, same batch size;
+2. wrappers: images/s of imgcls' training as ``imgcls train`` runs it (tf.data from the shards,
+   callbacks, per-epoch checkpoints, TensorBoard) vs a plain Keras script (the same model
+   compiled with "adam", ``fit`` on NumPy arrays), same images, same batch size;
 3. knobs: images/s of the default CNN's training step with each speed knob (mixed precision,
    XLA, steps_per_execution, batch size) relative to the defaults, on data already in memory.
 
@@ -43,10 +43,10 @@ FASHION_DATA = {
     "data.train_fraction": 0.8, "data.val_fraction": 0.05, "data.test_fraction": 0.15,
 }
 FASHION_CNN = {
-    "model.pooling": "flatten", "train.epochs": 10, "train.batch_size": 128,
+    "model.pooling": "flatten", "train.epochs": 9, "train.batch_size": 128,
     "train.lr_schedule": "cosine",
     "train.optimizer": "adamw", "train.learning_rate": 0.003, "train.label_smoothing": 0.1,
-    "train.early_stopping_patience": 10,
+    "train.early_stopping_patience": 9,
     "augment.flip": "horizontal", "augment.rotation": 0.0, "augment.zoom": 0.0,
     "augment.translation": 0.0,
 }
@@ -64,11 +64,15 @@ KNOBS = {
 
 class EpochClock(keras.callbacks.Callback):
     """Wall time of every epoch, begin to begin (so the work of every other callback counts),
-    and the time since the start at which validation accuracy first reached a target."""
+    the time since the start at which validation accuracy first reached a target, and the
+    model's parameter count."""
 
     def __init__(self, target: float = TARGET_ACCURACY):
         super().__init__()
-        self.target, self.starts, self.reached = target, [], None
+        self.target, self.starts, self.reached, self.parameters = target, [], None, 0
+
+    def on_train_begin(self, logs=None):
+        self.parameters = self.model.count_params()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.starts.append(time.perf_counter())
@@ -85,12 +89,13 @@ class EpochClock(keras.callbacks.Callback):
 
 
 def project(folder: Path, **overrides):
-    """A config rooted in ``folder`` (its own Processed_Data and Trained_Models; built-in
-    sources are materialized once, next to it, for all parts)."""
+    """A config rooted in ``folder`` (its own Trained_Models; built-in sources and processed
+    data live next to it, shared by all parts)."""
     (folder / "config").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / CONFIG_RELATIVE_PATH, folder / CONFIG_RELATIVE_PATH)
     return load_config(folder / CONFIG_RELATIVE_PATH, overrides={
-        "train.verbose": 0, "paths.raw_dir": str(folder.parent / "Raw_Data"), **overrides})
+        "train.verbose": 0, "paths.raw_dir": str(folder.parent / "Raw_Data"),
+        "paths.processed_dir": str(folder.parent / "Processed_Data"), **overrides})
 
 
 # ----------------------------------------------------------------------------- 1. fashion
@@ -104,11 +109,9 @@ def fashion(tmp: Path) -> None:
     _, metrics = pipeline.train_and_save(cfg, callbacks=[clock])
     epochs = clock.durations()
     training = sum(epochs)
-    parameters = model_utils.count_parameters(model_utils.build_model(
-        cfg.model, prepared.input_shape, len(prepared.class_names)))["total"]
     reached = (f"epoch {clock.reached[0]}, {clock.reached[1] / 60:.1f} min" if clock.reached
                else "not reached")
-    print(f"\n1. Fashion-MNIST, strong CNN ({parameters:,} parameters, {len(epochs)} epochs; "
+    print(f"\n1. Fashion-MNIST, strong CNN ({clock.parameters:,} parameters, {len(epochs)} epochs; "
           f"train {prepared.count('train')} / val {prepared.count('val')} / test "
           f"{prepared.count('test')} images):\n"
           f"   test accuracy {metrics['test_accuracy']:.4f} (macro F1 {metrics['macro_f1']:.4f})\n"
@@ -145,7 +148,7 @@ def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) ->
     best = {name: count / min(values) for name, values in times.items()}
     auto = model_utils.choose_hardware(configs["auto"].train).precision
     labels = {"plain": "plain Keras (compile('adam'), fit on NumPy arrays), float32",
-              "ours": "imgcls compile_model + train_model (tf.data), float32",
+              "ours": "imgcls train (tf.data, callbacks, checkpoints), float32",
               "auto": f"imgcls, automatic precision ({auto})",
               "augmented": "imgcls, automatic precision and the default augmentation"}
     print(f"\n2. wrappers, images/s of training epochs 2-{epochs} ({count} Fashion-MNIST images, "
@@ -187,17 +190,9 @@ def plain_keras_epochs(cfg, arrays: dict) -> list[float]:
 
 
 def imgcls_epochs(cfg) -> list[float]:
-    """imgcls' way, as ``imgcls train`` runs it (in a new .partial folder each time)."""
-    hardware = model_utils.choose_hardware(cfg.train)
-    prepared = data_utils.prepare_data(cfg)
-    datasets = pipeline.make_datasets(cfg, prepared)
-    model_utils.set_seed(cfg.data.seed)
-    with hardware.scope():
-        model = model_utils.build_model(cfg.model, prepared.input_shape, len(prepared.class_names))
-        model_utils.compile_model(model, cfg.train, len(datasets["train"]), hardware)
+    """imgcls' way: ``imgcls train`` (prepared data reused; evaluation and saving not timed)."""
     clock = EpochClock()
-    model_utils.train_model(model, datasets["train"], datasets["val"], cfg.train,
-                            model_utils.new_model_folder(cfg), hardware=hardware, callbacks=[clock])
+    pipeline.train_and_save(cfg, callbacks=[clock])
     return clock.durations()
 
 
