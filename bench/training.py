@@ -8,7 +8,7 @@
 3. knobs: images/s of the default CNN's training step with each speed knob (mixed precision,
    XLA, steps_per_execution, batch size) relative to the defaults, on data already in memory.
 
-    .venv/bin/python bench/training.py                  # all three, about 20 minutes on 2 cores
+    .venv/bin/python bench/training.py                  # all three, about 35 minutes on 2 cores
     .venv/bin/python bench/training.py --only knobs     # or fashion / wrappers
 
 Needs the Debian package dataset-fashion-mnist (``apt-get install dataset-fashion-mnist``) for
