@@ -11,8 +11,8 @@ demo: $(READY)  ## run the three notebooks on the embedded digits; print test ac
 test: $(READY)  ## unit tests and nbval notebook tests
 	$(PYTHON) -m pytest
 
-lab: $(READY)   ## JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks/
+lab: $(READY)   ## JupyterLab on the notebooks (JupyterLab refuses root without --allow-root)
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 $(READY): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -21,5 +21,9 @@ $(READY): pyproject.toml
 	$(PYTHON) -m ipykernel install --sys-prefix --name imgcls --display-name "Python (imgcls)"
 	touch $(READY)
 
-clean-generated: ## delete derived data and run outputs (never Raw_Data inputs or models)
-	rm -rf data/Processed_Data/*/ runs/
+clean-generated: ## delete everything derived: processed data, scan caches, built-in sources, runs
+	find data/Processed_Data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	for folder in data/Raw_Data/*/; do \
+	  if [ -f "$$folder/.imgcls-source.json" ]; then rm -rf "$$folder"; fi; \
+	done
+	rm -rf runs/

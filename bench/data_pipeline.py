@@ -100,14 +100,14 @@ def our_pipeline(cfg, prepared, augment: bool = True):
     augmentation = data_utils.build_augmentation(cfg.augment, cfg.data.seed) if augment else None
     return data_utils.make_dataset(prepared, "train", BATCH, training=True,
                                    augmentation=augmentation, seed=cfg.data.seed,
-                                   cache=data_utils.use_cache(prepared, cfg.data))
+                                   cache=data_utils.should_cache(prepared, cfg.data))
 
 
 def cnn_consumption_rate(cfg, num_classes: int, steps: int = 40) -> float:
     """Images/s the default CNN trains on when data costs nothing (one batch, in memory)."""
     from imgcls_utils.runtime import tf
 
-    model = model_utils.build_model(cfg.model, (*IMAGE_SIZE, 3), num_classes)
+    model = model_utils.build_model(cfg.model, cfg.transfer, (*IMAGE_SIZE, 3), num_classes)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     batch = (tf.random.uniform((BATCH, *IMAGE_SIZE, 3), 0, 255),
              tf.zeros((BATCH,), tf.int64))

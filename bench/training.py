@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from imgcls_utils import data_utils, model_utils, pipeline  # noqa: E402
+from imgcls_utils import data_utils, model_utils  # noqa: E402
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
 from imgcls_utils.runtime import keras, tf  # noqa: E402
 
@@ -52,10 +52,10 @@ FASHION_CNN = {
 }
 TARGET_ACCURACY = 0.93
 KNOBS = {
-    "mixed precision bfloat16": {"train.mixed_precision": "mixed_bfloat16"},
-    "mixed precision float16": {"train.mixed_precision": "mixed_float16"},
-    "XLA (jit_compile)": {"train.jit_compile": True},
-    "steps_per_execution 8": {"train.steps_per_execution": 8},
+    "mixed precision bfloat16": {"hardware.mixed_precision": "mixed_bfloat16"},
+    "mixed precision float16": {"hardware.mixed_precision": "mixed_float16"},
+    "XLA (jit_compile)": {"hardware.jit_compile": True},
+    "steps_per_execution 8": {"hardware.steps_per_execution": 8},
     "batch size 32": {"train.batch_size": 32},
     "batch size 128": {"train.batch_size": 128},
     "batch size 256": {"train.batch_size": 256},
@@ -106,7 +106,7 @@ def fashion(tmp: Path) -> None:
     prepared = data_utils.prepare_data(cfg)
     preparing = time.perf_counter() - started
     clock = EpochClock()
-    _, metrics = pipeline.train_and_save(cfg, callbacks=[clock])
+    metrics = model_utils.train(cfg, callbacks=[clock]).evaluation.metrics
     epochs = clock.durations()
     training = sum(epochs)
     reached = (f"epoch {clock.reached[0]}, {clock.reached[1] / 60:.1f} min" if clock.reached
@@ -129,7 +129,7 @@ def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) ->
            "train.early_stopping_patience": epochs}
     configs = {  # the same work as the plain script first: float32, no augmentation
         "ours": project(tmp / "float32", **run, **{"augment.enabled": False,
-                                                   "train.mixed_precision": "off"}),
+                                                   "hardware.mixed_precision": "float32"}),
         "auto": project(tmp / "auto", **run, **{"augment.enabled": False}),
         "augmented": project(tmp / "augmented", **run),
     }
@@ -146,7 +146,7 @@ def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) ->
     # the median of many epochs and the fastest epoch are the two robust figures.
     rate = {name: count / statistics.median(values) for name, values in times.items()}
     best = {name: count / min(values) for name, values in times.items()}
-    auto = model_utils.choose_hardware(configs["auto"].train).precision
+    auto = model_utils.choose_hardware(configs["auto"].hardware).precision
     labels = {"plain": "plain Keras (compile('adam'), fit on NumPy arrays), float32",
               "ours": "imgcls train (tf.data, callbacks, checkpoints), float32",
               "auto": f"imgcls, automatic precision ({auto})",
@@ -181,7 +181,7 @@ def plain_keras_epochs(cfg, arrays: dict) -> list[float]:
     """The tutorial way: the same network, compiled with defaults, fit on NumPy arrays."""
     model_utils.set_seed(cfg.data.seed)
     classes = int(arrays["train"][1].max()) + 1
-    model = model_utils.build_model(cfg.model, arrays["train"][0].shape[1:], classes)
+    model = model_utils.build_model(cfg.model, cfg.transfer, arrays["train"][0].shape[1:], classes)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     clock = EpochClock()
     model.fit(*arrays["train"], batch_size=cfg.train.batch_size, epochs=cfg.train.epochs,
@@ -192,7 +192,7 @@ def plain_keras_epochs(cfg, arrays: dict) -> list[float]:
 def imgcls_epochs(cfg) -> list[float]:
     """imgcls' way: ``imgcls train`` (prepared data reused; evaluation and saving not timed)."""
     clock = EpochClock()
-    pipeline.train_and_save(cfg, callbacks=[clock])
+    model_utils.train(cfg, callbacks=[clock])
     return clock.durations()
 
 
@@ -216,12 +216,12 @@ def knobs(tmp: Path, rounds: int = 3, steps: int = 120) -> None:
 
 
 def step_rate(cfg, steps: int) -> float:
-    hardware = model_utils.choose_hardware(cfg.train)
+    hardware = model_utils.choose_hardware(cfg.hardware)
     size, batch = (*cfg.data.image_size, cfg.data.channels), cfg.train.batch_size
     images = tf.random.uniform((batch, *size), 0, 255, seed=1)
     data = tf.data.Dataset.from_tensors((images, tf.zeros((batch,), tf.int64))).repeat()
     with hardware.scope():
-        model = model_utils.build_model(cfg.model, size, 10)
+        model = model_utils.build_model(cfg.model, cfg.transfer, size, 10)
         model_utils.compile_model(model, cfg.train, steps, hardware)
     model.fit(data, steps_per_epoch=2 * hardware.steps_per_execution, epochs=1, verbose=0)
     started = time.perf_counter()

@@ -1,6 +1,6 @@
-"""The resumable state of a training run, saved after every epoch in its ``.partial`` folder.
+"""The resumable state of a training run, saved after every epoch in its ``.resumable`` folder.
 
-``<run>.partial/checkpoints/state.json`` says which epochs are done (the whole history), which
+``<run>.resumable/checkpoints/state.json`` says which epochs are done (the whole history), which
 weights file holds the latest epoch (model and optimizer, so Adam's moments and the step count
 continue) and which the best one (lowest validation loss), and the counters of early stopping
 and reduce-on-plateau, so a resumed run stops at the same epoch as an uninterrupted one, and
@@ -38,29 +38,29 @@ CALLBACK_COUNTERS = ("wait", "best", "best_epoch", "cooldown_counter")
 class RunState:
     """The state of one run: history rows, per-phase progress and the best epoch."""
 
-    def __init__(self, work_dir: Path, values: dict):
-        self.work_dir = Path(work_dir)
+    def __init__(self, run_folder: Path, values: dict):
+        self.run_folder = Path(run_folder)
         self.values = values
 
     @classmethod
-    def load(cls, work_dir: Path) -> RunState:
-        """The state saved in ``work_dir`` by an earlier, interrupted attempt, or a new one."""
-        path = Path(work_dir) / CHECKPOINT_DIR / STATE_FILE
+    def load(cls, run_folder: Path) -> RunState:
+        """The state saved in ``run_folder`` by an earlier, interrupted attempt, or a new one."""
+        path = Path(run_folder) / CHECKPOINT_DIR / STATE_FILE
         values = (json.loads(path.read_text()) if path.is_file()
                   else {"history": [], "phases": {}, "best": None})
-        state = cls(work_dir, values)
+        state = cls(run_folder, values)
         state.folder.mkdir(parents=True, exist_ok=True)
         return state
 
     @property
     def folder(self) -> Path:
-        return self.work_dir / CHECKPOINT_DIR
+        return self.run_folder / CHECKPOINT_DIR
 
     def check_data(self, fingerprint: str) -> None:
         """Remember the data fingerprint a run trains on; refuse to continue it on other data."""
         recorded = self.values.setdefault("data_fingerprint", fingerprint)
         if recorded != fingerprint:
-            raise UserError(f"{self.work_dir}: the data changed since this run started (its "
+            raise UserError(f"{self.run_folder}: the data changed since this run started (its "
                             "fingerprint differs), so it cannot be resumed; start a new run")
 
     def history(self) -> pd.DataFrame:
@@ -107,7 +107,7 @@ class RunState:
     def save(self) -> None:
         """Point ``state.json`` at the new files atomically, rewrite the history, tidy up."""
         write_atomically(self.folder / STATE_FILE, json.dumps(self.values, indent=1))
-        write_atomically(self.work_dir / HISTORY_FILE, self.history().to_csv(index=False))
+        write_atomically(self.run_folder / HISTORY_FILE, self.history().to_csv(index=False))
         keep = self._referenced_files()
         for path in [*self.folder.glob("*.weights.h5"), *self.folder.glob("*.npz")]:
             if path.name not in keep:

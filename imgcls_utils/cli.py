@@ -12,10 +12,14 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from .config import CONFIG_RELATIVE_PATH, Config, load_config, parse_set_option
+from importlib.metadata import version
+
+from .config import CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, Config, load_config, parse_set_option
 from .errors import UserError
 
 NOTEBOOKS = ("Data_Exploration", "Data_Preprocessing", "Model_Training")
+DESCRIPTION = ("imgcls: image classification with TensorFlow/Keras. Run the three notebooks "
+               "with papermill, or each step on its own.")
 
 
 def _config_from_args(args) -> Config:
@@ -41,33 +45,33 @@ def cmd_prepare(args) -> int:
     prepared = data_utils.prepare_data(_config_from_args(args))
     state = "reused (inputs unchanged)" if prepared.reused else "built"
     print(f"processed data {state}: {prepared.folder}")
-    print(data_utils.split_sizes(prepared.manifest).to_string())
+    print(data_utils.split_sizes(prepared.images).to_string())
     return 0
 
 
 def cmd_train(args) -> int:
-    cfg, work_dir = _resumed_run(args) if args.resume else (_config_from_args(args), None)
-    from .pipeline import train_and_save
+    cfg, run_folder = _resumed_run(args) if args.resume else (_config_from_args(args), None)
+    from .model_utils import train
 
-    folder, metrics = train_and_save(cfg, resume=work_dir)
-    if folder is None:
+    run = train(cfg, resume=run_folder)
+    if not run.hardware.is_chief:
         print("training done; the chief worker evaluates and saves the model folder")
         return 0
-    print(f"test accuracy: {metrics['test_accuracy']:.4f}")
-    print(f"model folder: {folder}")
+    print(f"test accuracy: {run.evaluation.metrics['test_accuracy']:.4f}")
+    print(f"model folder: {run.model_folder}")
     return 0
 
 
 def _resumed_run(args) -> tuple[Config, Path]:
-    """The config and ``.partial`` folder of the run named by ``--resume``."""
+    """The config and ``.resumable`` folder of the run named by ``--resume``."""
     if args.set:
         raise UserError("--resume continues a run with the config it started with; "
                         "drop the --set options (or start a new run without --resume)")
     from .model_utils import find_unfinished_run, run_config
 
     project = _config_from_args(args)
-    work_dir = find_unfinished_run(args.resume, project.path("models_dir"))
-    return run_config(work_dir, project.root), work_dir
+    run_folder = find_unfinished_run(args.resume, project.path("models_dir"))
+    return run_config(run_folder, project.root), run_folder
 
 
 def cmd_predict(args) -> int:
@@ -118,7 +122,8 @@ def _kernel_name() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgcls", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="imgcls", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"imgcls {version('imgcls')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler, help_text: str, configurable=True) -> argparse.ArgumentParser:
@@ -126,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         if not configurable:
             return sub
-        sub.add_argument("--config", help=f"config file (default: the project's {CONFIG_RELATIVE_PATH})")
+        sub.add_argument("--config", help=f"config file (default: ${CONFIG_VARIABLE} if set, else "
+                         f"the project's {CONFIG_RELATIVE_PATH})")
         sub.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                          help="override one config value, e.g. --set train.epochs=3 (repeatable)")
         return sub
@@ -135,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     command("prepare", cmd_prepare, "scan, split and preprocess the data source")
     train = command("train", cmd_train, "prepare, train, evaluate and save a model folder")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its "
-                       "last finished epoch: its .partial folder or its name in models_dir")
+                       "last finished epoch: its .resumable folder or its name in models_dir")
     command("scan", cmd_scan, "report usable and skipped files, class imbalance and "
             "duplicates of the data source")
     command("config", cmd_config, "print the merged, validated config")

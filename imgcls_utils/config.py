@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ import yaml
 from .errors import UserError
 
 CONFIG_RELATIVE_PATH = Path("config") / "Hyperparameters.yaml"
+# Names a config file that replaces the project's own wherever none is given.
+CONFIG_VARIABLE = "IMGCLS_CONFIG"
 
 
 class ConfigError(UserError):
@@ -32,12 +35,15 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True)
 class Rule:
-    """What a key accepts: a type check and an optional value check, each with a description."""
+    """What a key accepts: a type check and an optional value check, each described in words.
+    ``choices`` is the short list of spellings (``auto | true | false``) that the key's comment
+    in the YAML file starts with (a test keeps the two equal)."""
 
     type_name: str
     is_type: Callable[[Any], bool]
     allowed: str = ""
     is_allowed: Callable[[Any], bool] = lambda value: True
+    choices: str = ""
 
 
 def _is_int(value: Any) -> bool:
@@ -49,8 +55,9 @@ def _is_number(value: Any) -> bool:
 
 
 def integer(minimum: int, maximum: int | None = None) -> Rule:
-    upper = f" and <= {maximum}" if maximum is not None else ""
-    return Rule("integer", _is_int, f"an integer >= {minimum}{upper}",
+    allowed = (f"an integer from {minimum} to {maximum}" if maximum is not None
+               else f"an integer >= {minimum}")
+    return Rule("integer", _is_int, allowed,
                 lambda v: v >= minimum and (maximum is None or v <= maximum))
 
 
@@ -66,16 +73,30 @@ def positive_number() -> Rule:
 
 
 def boolean() -> Rule:
-    return Rule("true/false", lambda v: isinstance(v, bool))
+    return Rule("true/false", lambda v: isinstance(v, bool), "true or false")
 
 
-def text() -> Rule:
-    return Rule("string", lambda v: isinstance(v, str) and v != "", "a non-empty string")
+def text(choices: str = "") -> Rule:
+    return Rule("string", lambda v: isinstance(v, str) and v != "", "a non-empty string",
+                choices=choices)
 
 
-def choice(*options: str) -> Rule:
-    return Rule("string", lambda v: isinstance(v, str), "one of " + ", ".join(options),
-                lambda v: v in options)
+def choice(*options: Any) -> Rule:
+    spelled = " | ".join(map(str, options))
+    return Rule(type(options[0]).__name__, lambda v: type(v) is type(options[0]), spelled,
+                lambda v: v in options, choices=spelled)
+
+
+def auto_or_boolean() -> Rule:
+    return Rule("auto/true/false", lambda v: v == "auto" or isinstance(v, bool),
+                "auto, true or false", choices="auto | true | false")
+
+
+def either(word: str, rule: Rule, short: str) -> Rule:
+    """``word`` (``none`` or ``auto``) or a value ``rule`` accepts, ``short`` naming those."""
+    return Rule(f"{word} or {rule.type_name}", lambda v: v == word or rule.is_type(v),
+                f"{word} or {rule.allowed}", lambda v: v == word or rule.is_allowed(v),
+                choices=f"{word} | {short}")
 
 
 def int_list(length: int | None, minimum: int) -> Rule:
@@ -84,17 +105,6 @@ def int_list(length: int | None, minimum: int) -> Rule:
                 f"a list of {count}integers, each >= {minimum}",
                 lambda v: (length is None or len(v) == length) and len(v) > 0
                 and all(x >= minimum for x in v))
-
-
-def auto_or_boolean() -> Rule:
-    return Rule("auto/true/false", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false")
-
-
-def or_null(rule: Rule) -> Rule:
-    """``rule``, or null (YAML ``null``, Python None) meaning "not set"."""
-    return Rule(f"{rule.type_name} or null", lambda v: v is None or rule.is_type(v),
-                f"{rule.allowed or rule.type_name} or null",
-                lambda v: v is None or rule.is_allowed(v))
 
 
 def folder_names() -> Rule:
@@ -107,27 +117,32 @@ def folder_names() -> Rule:
                 and all(x and not x.startswith(".") and not {"/", "\\"} & set(x) for x in v))
 
 
+def identifier() -> Rule:
+    return Rule("string", lambda v: isinstance(v, str), "letters, digits, '-' and '_' only",
+                lambda v: v != "" and all(c.isalnum() or c in "-_" for c in v))
+
+
 RULES: dict[str, Rule] = {
     "paths.raw_dir": text(),
     "paths.processed_dir": text(),
     "paths.models_dir": text(),
     "paths.runs_dir": text(),
-    "data.source": text(),
+    "data.source": text(choices="digits | idx:<folder> | tfds:<name> | a folder of class folders"),
     "data.image_size": int_list(2, minimum=8),
-    "data.channels": Rule("integer", _is_int, "1 or 3", lambda v: v in (1, 3)),
+    "data.channels": choice(1, 3),
     "data.train_fraction": fraction(low_open=True),
     "data.val_fraction": fraction(low_open=True),
     "data.test_fraction": fraction(low_open=True),
     "data.seed": integer(0),
-    "data.class_names": or_null(folder_names()),
+    "data.class_names": either("auto", folder_names(), "a list of names"),
     "data.min_image_size": int_list(2, minimum=1),
     # Pillow refuses to open anything above twice its own warning threshold (178,956,970 pixels).
     "data.max_pixels": integer(1, maximum=178_956_970),
-    # Further apart, the near-duplicate search compares most pairs (70,000 images: 4 s at 20,
-    # 90 s at 32) and distinct pictures start to match.
-    "data.near_duplicate_distance": or_null(integer(0, maximum=20)),
-    "data.folds": Rule("integer", _is_int, "0 (off) or an integer >= 2",
-                       lambda v: v == 0 or v >= 2),
+    # Further apart, the near-duplicate search compares most pairs of a large dataset, and
+    # distinct pictures start to match.
+    "data.near_duplicate_distance": either("none", integer(0, maximum=20),
+                                           "an integer from 0 to 20"),
+    "data.folds": either("none", integer(2), "an integer >= 2"),
     "data.cache": auto_or_boolean(),
     "data.cache_budget_mb": integer(0),
     "augment.enabled": boolean(),
@@ -136,9 +151,7 @@ RULES: dict[str, Rule] = {
     "augment.zoom": fraction(),
     "augment.translation": fraction(),
     "augment.contrast": fraction(),
-    "model.name": Rule("string", lambda v: isinstance(v, str),
-                       "letters, digits, '-' and '_' only",
-                       lambda v: v != "" and all(c.isalnum() or c in "-_" for c in v)),
+    "model.name": either("auto", identifier(), "a name"),
     "model.family": choice("cnn", "mlp", "transfer"),
     "model.conv_filters": int_list(None, minimum=1),
     "model.dense_units": integer(1),
@@ -149,12 +162,14 @@ RULES: dict[str, Rule] = {
     "model.pooling": choice("average", "flatten"),
     "model.l2": fraction(),
     # The keys of imgcls_utils.models.BACKBONES (a test keeps them equal).
-    "model.backbone": choice("mobilenet_v2", "efficientnet_b0", "resnet50", "inception_v3", "vgg16"),
-    "model.weights": text(),
-    "model.backbone_alpha": positive_number(),
-    "model.backbone_input_size": Rule("integer", _is_int, "0 (automatic) or an integer >= 32",
-                                      lambda v: v == 0 or v >= 32),
-    "model.fine_tune_layers": integer(0),
+    "transfer.backbone": choice("mobilenet_v2", "efficientnet_b0", "resnet50", "inception_v3",
+                                "vgg16"),
+    "transfer.weights": text(choices="imagenet | none | a weights file"),
+    "transfer.alpha": positive_number(),
+    "transfer.input_size": either("auto", integer(32), "an integer >= 32"),
+    "transfer.fine_tune_layers": integer(0),
+    "transfer.fine_tune_epochs": integer(0),
+    "transfer.fine_tune_learning_rate": positive_number(),
     "train.epochs": integer(1),
     "train.batch_size": integer(1),
     "train.learning_rate": positive_number(),
@@ -170,14 +185,39 @@ RULES: dict[str, Rule] = {
     "train.early_stopping_patience": integer(0),
     "train.label_smoothing": fraction(),
     "train.class_weight": choice("none", "balanced"),
-    "train.fine_tune_epochs": integer(0),
-    "train.fine_tune_learning_rate": positive_number(),
-    "train.strategy": choice("auto", "cpu", "gpu", "mirrored", "multi_worker"),
-    "train.mixed_precision": choice("auto", "off", "mixed_float16", "mixed_bfloat16"),
-    "train.jit_compile": auto_or_boolean(),
-    "train.steps_per_execution": integer(1),
-    "train.deterministic": boolean(),
     "train.verbose": integer(0, 2),
+    "hardware.strategy": choice("auto", "cpu", "gpu", "mirrored", "multi_worker"),
+    "hardware.mixed_precision": choice("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+    "hardware.jit_compile": auto_or_boolean(),
+    "hardware.steps_per_execution": integer(1),
+    "hardware.deterministic": boolean(),
+}
+
+# Keys of earlier versions, and where they live now: an old name fails with the new one.
+MOVED = {
+    "train.strategy": "hardware.strategy",
+    "train.mixed_precision": "hardware.mixed_precision",
+    "train.jit_compile": "hardware.jit_compile",
+    "train.steps_per_execution": "hardware.steps_per_execution",
+    "train.deterministic": "hardware.deterministic",
+    "model.backbone": "transfer.backbone",
+    "model.weights": "transfer.weights",
+    "model.backbone_alpha": "transfer.alpha",
+    "model.backbone_input_size": "transfer.input_size",
+    "model.fine_tune_layers": "transfer.fine_tune_layers",
+    "train.fine_tune_epochs": "transfer.fine_tune_epochs",
+    "train.fine_tune_learning_rate": "transfer.fine_tune_learning_rate",
+}
+
+# The named parameters a notebook's ``parameters`` cell may declare, and the key each sets.
+NOTEBOOK_PARAMETERS = {
+    "source": "data.source",
+    "image_size": "data.image_size",
+    "seed": "data.seed",
+    "model_family": "model.family",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.learning_rate",
 }
 
 
@@ -299,31 +339,50 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+def _type_hint(value: Any) -> str:
+    """Why YAML may have read a value as a type the user did not mean."""
+    if isinstance(value, bool):
+        return " (YAML reads an unquoted off, on, no or yes as false or true)"
+    if value is None:
+        return " (null is no setting in imgcls: write none to turn a feature off, auto to let it choose)"
+    return ""
+
+
+def _key_problem(key: str, value: Any, source: str) -> str | None:
+    rule = RULES.get(key)
+    if key in MOVED:
+        return f"'{key}' (from {source}) moved to '{MOVED[key]}'; use that name"
+    if rule is None:
+        return f"unknown key '{key}' (from {source}){_suggestion(key, list(RULES))}"
+    if not rule.is_type(value):
+        return f"{key} = {_describe(value)}: expected {rule.allowed or rule.type_name}" \
+               f"{_type_hint(value)}"
+    if not rule.is_allowed(value):
+        return f"{key} = {value!r}: allowed is {rule.allowed}"
+    return None
+
+
 def validate(values: Mapping[str, Any], source: str) -> list[str]:
     """Every problem in a flat ``section.key -> value`` mapping, as one sentence each."""
-    problems = []
-    for key, value in values.items():
-        rule = RULES.get(key)
-        if rule is None:
-            problems.append(f"unknown key '{key}' (from {source}){_suggestion(key, list(RULES))}")
-        elif not rule.is_type(value):
-            problems.append(f"{key} = {_describe(value)}: expected {rule.allowed or rule.type_name}")
-        elif not rule.is_allowed(value):
-            problems.append(f"{key} = {value!r}: allowed is {rule.allowed}")
-    missing = [key for key in RULES if key not in values]
-    problems += [f"missing key '{key}' in {source}" for key in missing]
+    problems = [problem for key, value in values.items()
+                if (problem := _key_problem(key, value, source))]
+    problems += [f"missing key '{key}' in {source}" for key in RULES if key not in values]
     return problems or _cross_field_problems(values)
+
+
+def default_config_path() -> Path:
+    """``$IMGCLS_CONFIG`` when set, else the config file of the project around the cwd."""
+    chosen = os.environ.get(CONFIG_VARIABLE)
+    return Path(chosen) if chosen else find_project_root() / CONFIG_RELATIVE_PATH
 
 
 def load_config(path: str | Path | None = None,
                 overrides: Mapping[str, Any] | None = None,
                 set_options: list[str] | None = None) -> Config:
-    """Load the YAML defaults, apply overrides, validate everything, and return the Config.
-
-    ``overrides`` maps ``section.key`` to a value (``None`` values are ignored, so a papermill
-    parameter left at ``None`` keeps the default); ``set_options`` are ``section.key=value`` strings.
-    """
-    path = Path(path) if path else find_project_root() / CONFIG_RELATIVE_PATH
+    """Load the YAML defaults (``default_config_path()`` unless ``path`` is given), apply
+    ``overrides`` (``section.key -> value``) and ``set_options`` (``section.key=value``
+    strings), validate everything, and return the Config."""
+    path = Path(path) if path else default_config_path()
     if not path.is_file():
         raise ConfigError([f"config file {path} does not exist"])
     try:
@@ -334,13 +393,26 @@ def load_config(path: str | Path | None = None,
     problems = validate(values, str(path))
     if problems:
         raise ConfigError(problems)
-    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    changes = dict(overrides or {})
     changes.update(parse_set_option(option) for option in set_options or [])
     merged = {**values, **copy.deepcopy(changes)}
     problems = validate(merged, "overrides")
     if problems:
         raise ConfigError(problems)
     return Config(_nest(merged), root=path.resolve().parent.parent)
+
+
+def notebook_config(config_path: str | Path | None = None,
+                    overrides: Mapping[str, Any] | None = None, **parameters: Any) -> Config:
+    """The config of a notebook run: its named ``parameters`` (``epochs=3``; see
+    ``NOTEBOOK_PARAMETERS``; None keeps the file's value) and then ``overrides``."""
+    unknown = sorted(set(parameters) - set(NOTEBOOK_PARAMETERS))
+    if unknown:
+        raise ConfigError([f"unknown notebook parameter(s) {', '.join(unknown)}; known are "
+                           f"{', '.join(NOTEBOOK_PARAMETERS)}; set other keys in overrides"])
+    named = {NOTEBOOK_PARAMETERS[name]: value for name, value in parameters.items()
+             if value is not None}
+    return load_config(config_path, {**named, **(overrides or {})})
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -7,8 +7,8 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
-def predict_labels(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """``(true labels, class probabilities)`` over a batched dataset, in its order."""
+def labels_and_probabilities(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(true labels, predicted class probabilities)`` over a batched dataset, in its order."""
     truth, probabilities = [], []
     for images, labels in dataset:
         probabilities.append(model.predict_on_batch(images))
@@ -26,13 +26,8 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
                         index=pd.Index(class_names, name="class"))
 
 
-def evaluate_model(model, test_ds, class_names: list[str]) -> dict:
-    """``test_metrics`` of ``model``'s predictions on a batched test dataset."""
-    y_true, probabilities = predict_labels(model, test_ds)
-    return test_metrics(y_true, probabilities, class_names)
-
-
-def test_metrics(y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict:
+def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray,
+                           class_names: list[str]) -> dict:
     """Metrics for ``metrics.json``: test loss (plain cross-entropy, without label smoothing or
     regularization terms) and accuracy, macro F1, per-class metrics, and the confusion matrix
     (rows: true class, columns: predicted class)."""

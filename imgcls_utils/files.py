@@ -1,10 +1,24 @@
-"""File helpers shared by the scan, the run checkpoints and the model folders."""
+"""File helpers: content hashes, listings, and building a file or folder out of sight.
+
+Everything imgcls writes for later use (processed data, materialized sources, model folders,
+run state, caches) is first built under a staging name next to its final place and published
+by a rename only when complete, so a crash leaves the old version or the new one, never half
+of one. One scheme for all: ``.<name>.staging`` while building (hidden, deleted when the build
+fails), ``.<name>.replaced`` for a folder being swapped out. A training run's folder is the one
+exception that survives a crash on purpose: ``<name>.resumable``, named so that it says so.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+STAGING_SUFFIX = ".staging"
+REPLACED_SUFFIX = ".replaced"
 
 
 def file_sha256(path: Path) -> str:
@@ -15,10 +29,61 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def relative_files(folder: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Every file under ``folder`` as a sorted relative POSIX path, leaving out the top-level
+    entries named in ``skip``."""
+    folder = Path(folder)
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
+                  if path.is_file() and path.relative_to(folder).parts[0] not in skip)
+
+
+def staging_path(final: Path) -> Path:
+    """Where ``final`` is built before it is published: hidden, next to it."""
+    return final.with_name(f".{final.name}{STAGING_SUFFIX}")
+
+
+def publish(built: Path, final: Path) -> Path:
+    """Move the complete file or folder ``built`` to ``final``, replacing what is there: a file
+    in one ``os.replace``, a folder by renaming the old one aside first."""
+    built, final = Path(built), Path(final)
+    if built.is_dir() and final.exists():
+        replaced = final.with_name(f".{final.name}{REPLACED_SUFFIX}")
+        shutil.rmtree(replaced, ignore_errors=True)
+        final.rename(replaced)
+        built.rename(final)
+        shutil.rmtree(replaced)
+    else:
+        os.replace(built, final)
+    return final
+
+
+@contextmanager
+def staged(final: Path, folder: bool = True) -> Iterator[Path]:
+    """Yield the (empty) staging path of ``final`` to build in; publish it when the block
+    completes, delete it when the block fails."""
+    final = Path(final)
+    staging = staging_path(final)
+    _remove(staging)  # left over from a build that was killed
+    if folder:
+        staging.mkdir(parents=True)
+    else:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+    except BaseException:
+        _remove(staging)
+        raise
+    publish(staging, final)
+
+
 def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a hidden temporary file next to ``path``, then rename it over ``path``:
-    a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace the file ``path`` with ``text``: a crash leaves the old file or the new one."""
+    with staged(path, folder=False) as staging:
+        staging.write_text(text)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

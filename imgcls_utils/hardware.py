@@ -1,12 +1,13 @@
 """Where and how training runs: distribution strategy, mixed precision, XLA, steps per execution.
 
-``choose_hardware(cfg.train)`` turns the ``auto`` settings into concrete choices for this machine:
+``choose_hardware(cfg.hardware)`` turns the ``auto`` settings into concrete choices for this
+machine (bench/README.md has the measurements behind them):
 
 - strategy: ``TF_CONFIG`` set -> MultiWorkerMirroredStrategy (one process per machine), several
   GPUs -> MirroredStrategy, one GPU -> OneDeviceStrategy, no GPU -> TensorFlow's default strategy;
 - precision: mixed_float16 on GPUs with compute capability >= 7.0 (tensor cores), mixed_bfloat16
   on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32;
-- XLA: on for GPUs, off on CPU (measured here: it made a small CNN about 6x slower on 2 cores).
+- XLA: on for GPUs, off on CPUs, where it made small CNNs slower.
 
 Create it before anything else touches TensorFlow: a multi-worker strategy must configure the
 collective ops before the runtime starts. Build and compile the model inside ``hardware.scope()``.
@@ -36,7 +37,7 @@ BFLOAT16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
 class HardwareError(UserError):
-    """A ``train.*`` hardware setting this machine cannot honour, naming the key and the fix."""
+    """A ``hardware.*`` setting this machine cannot honour, naming the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ class Hardware:
                 f"steps_per_execution {self.steps_per_execution}"
                 + (", deterministic ops" if self.deterministic else ""))
 
-    def manifest(self) -> dict:
-        """The choices, for the model folder's manifest."""
+    def to_dict(self) -> dict:
+        """The choices, as recorded in the model folder's manifest."""
         return {"strategy": self.strategy_name,
                 "replicas": self.strategy.num_replicas_in_sync, "devices": self.devices,
                 "precision": self.precision, "jit_compile": self.jit_compile,
@@ -127,18 +128,18 @@ class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         return super().reduce(reduce_op, value, axis)
 
 
-def choose_hardware(train: Section) -> Hardware:
-    """Resolve ``train.strategy``, ``mixed_precision``, ``jit_compile`` and ``deterministic``."""
+def choose_hardware(hardware: Section) -> Hardware:
+    """The concrete choices for the ``hardware`` section's settings on this machine."""
     gpus = tf.config.list_physical_devices("GPU")
-    strategy = _strategy(train.strategy, gpus)
-    on_gpu = bool(gpus) and train.strategy != "cpu"
-    if train.deterministic:
+    strategy = _strategy(hardware.strategy, gpus)
+    on_gpu = bool(gpus) and hardware.strategy != "cpu"
+    if hardware.deterministic:
         tf.config.experimental.enable_op_determinism()
     return Hardware(strategy=strategy,
-                    precision=_precision(train.mixed_precision, gpus if on_gpu else []),
-                    jit_compile=on_gpu if train.jit_compile == "auto" else train.jit_compile,
-                    steps_per_execution=train.steps_per_execution,
-                    deterministic=train.deterministic)
+                    precision=_precision(hardware.mixed_precision, gpus if on_gpu else []),
+                    jit_compile=on_gpu if hardware.jit_compile == "auto" else hardware.jit_compile,
+                    steps_per_execution=hardware.steps_per_execution,
+                    deterministic=hardware.deterministic)
 
 
 def _strategy(choice: str, gpus: list) -> tf.distribute.Strategy:
@@ -146,10 +147,10 @@ def _strategy(choice: str, gpus: list) -> tf.distribute.Strategy:
         choice = ("multi_worker" if _cluster_workers() > 1 else
                   "mirrored" if len(gpus) > 1 else "gpu" if gpus else "default")
     if choice == "gpu" and not gpus:
-        raise HardwareError("train.strategy = gpu but TensorFlow sees no GPU on this machine; "
+        raise HardwareError("hardware.strategy = gpu but TensorFlow sees no GPU on this machine; "
                             "use auto or cpu, or install the GPU build of TensorFlow")
     if choice == "multi_worker" and not os.environ.get("TF_CONFIG"):
-        raise HardwareError("train.strategy = multi_worker needs the TF_CONFIG environment "
+        raise HardwareError("hardware.strategy = multi_worker needs the TF_CONFIG environment "
                             "variable describing the cluster (see the README's multi-machine "
                             "section); use auto for a single machine")
     if choice == "multi_worker":
@@ -175,8 +176,6 @@ def _cluster_workers() -> int:
 
 
 def _precision(choice: str, gpus: list) -> str:
-    if choice == "off":
-        return FLOAT32
     if choice != "auto":
         return choice
     if not gpus:
@@ -189,8 +188,8 @@ def _precision(choice: str, gpus: list) -> str:
 
 def cpu_has_native_bfloat16(cpuinfo: Path | None = None) -> bool:
     """Whether the CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX-BF16), where
-    oneDNN runs bfloat16 convolutions faster than float32 (measured on a 2-core AMD EPYC:
-    about 1.2x for the default CNN). Elsewhere it is emulated, so ``auto`` keeps float32."""
+    oneDNN runs bfloat16 convolutions faster than float32. Elsewhere it is emulated, so
+    ``auto`` keeps float32."""
     try:
         text = (cpuinfo or CPUINFO).read_text()
         flags = {flag for line in text.splitlines() if line.startswith("flags")

@@ -1,9 +1,9 @@
-"""Model folders: create a run's ``.partial`` folder, find it again to resume, save, load.
+"""Model folders: create a run's ``.resumable`` folder, find it again to resume, save, load.
 
 ``Trained_Models/<name>_<timestamp>/`` is self-contained: the ``.keras`` model, class names,
 merged config, history, metrics, figures, TensorBoard logs and ``manifest.json`` (versions,
 seed, hardware, data fingerprint, and the sha256 of every file). A run works in
-``<name>_<timestamp>.partial/``, which is renamed into place only when complete, so a crash
+``<name>_<timestamp>.resumable/``, which is renamed into place only when complete, so a crash
 never leaves a folder that looks like a finished model; ``imgcls train --resume`` continues it.
 """
 
@@ -21,16 +21,18 @@ import yaml
 from .checkpoints import CHECKPOINT_DIR, HISTORY_FILE
 from .config import Config, load_config
 from .errors import UserError
+from .files import file_sha256, publish, relative_files
 from .hardware import Hardware
 from .runtime import keras, tf
-from .files import file_sha256
+from .sources import source_name
+from .training import TENSORBOARD_DIR
 
 MODEL_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "manifest.json"
-PARTIAL_SUFFIX = ".partial"
+RESUMABLE_SUFFIX = ".resumable"
 REQUIRED_FILES = (MODEL_FILE, CLASS_NAMES_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE)
 
 
@@ -40,85 +42,92 @@ class ModelFolderError(UserError):
 
 # ----------------------------------------------------------------------------- create / find
 
+def model_name(cfg: Config) -> str:
+    """``model.name``, or with ``auto`` what was trained on what: ``<source>_<family>`` (the
+    backbone for transfer models), e.g. ``digits_cnn`` or ``pets_mobilenet_v2``."""
+    if cfg.model.name != "auto":
+        return cfg.model.name
+    family = cfg.transfer.backbone if cfg.model.family == "transfer" else cfg.model.family
+    return f"{source_name(cfg.data.source)}_{family}"
+
+
 def unused_model_folder_name(cfg: Config) -> Path:
     """``<models_dir>/<name>_<timestamp>``, with a counter added if that name is taken."""
     timestamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    final = cfg.path("models_dir") / f"{cfg.model.name}_{timestamp}"
+    final = cfg.path("models_dir") / f"{model_name(cfg)}_{timestamp}"
     suffix = 1
-    while final.exists() or partial_folder(final).exists():
+    while final.exists() or resumable_folder(final).exists():
         suffix += 1
-        final = cfg.path("models_dir") / f"{cfg.model.name}_{timestamp}-{suffix}"
+        final = cfg.path("models_dir") / f"{model_name(cfg)}_{timestamp}-{suffix}"
     return final
 
 
-def new_model_folder(cfg: Config, final: Path | None = None) -> Path:
-    """Create the ``.partial`` work folder of a run whose model will be saved as ``final``,
+def new_run_folder(cfg: Config, final: Path | None = None) -> Path:
+    """Create the ``.resumable`` folder of a run whose model will be saved as ``final``,
     holding the run's config from the start (``--resume`` trains with it)."""
     final = Path(final) if final else unused_model_folder_name(cfg)
     if final.exists():
         raise ModelFolderError(f"model folder {final} already exists; choose another name")
-    partial = partial_folder(final)
-    (partial / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=False)
-    cfg.save(partial / CONFIG_FILE)
-    return partial
+    run_folder = resumable_folder(final)
+    (run_folder / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=False)
+    cfg.save(run_folder / CONFIG_FILE)
+    return run_folder
 
 
-def partial_folder(final: Path) -> Path:
-    return final.with_name(final.name + PARTIAL_SUFFIX)
+def resumable_folder(final: Path) -> Path:
+    return final.with_name(final.name + RESUMABLE_SUFFIX)
 
 
 def final_folder(folder: Path) -> Path:
-    """The finished model folder's name for a ``.partial`` folder (or for itself)."""
-    return folder.with_name(folder.name.removesuffix(PARTIAL_SUFFIX))
+    """The finished model folder's name for a ``.resumable`` folder (or for itself)."""
+    return folder.with_name(folder.name.removesuffix(RESUMABLE_SUFFIX))
 
 
 def find_unfinished_run(run: str | Path, models_dir: Path) -> Path:
-    """The ``.partial`` folder of an interrupted run, given its path (with or without the
+    """The ``.resumable`` folder of an interrupted run, given its path (with or without the
     suffix) or its run id (the folder name under ``models_dir``)."""
     given = Path(run).expanduser()
     final = final_folder(given if given.is_absolute() or given.exists()
                          else Path(models_dir) / given)
-    if partial_folder(final).is_dir():
-        return partial_folder(final)
+    if resumable_folder(final).is_dir():
+        return resumable_folder(final)
     if (final / MANIFEST_FILE).is_file():
         raise ModelFolderError(f"{final} is a finished model folder, nothing to resume; "
                                "start a new run with `imgcls train`")
-    unfinished = sorted(p.name for p in Path(models_dir).glob(f"*{PARTIAL_SUFFIX}"))
+    unfinished = sorted(p.name for p in Path(models_dir).glob(f"*{RESUMABLE_SUFFIX}"))
     raise ModelFolderError(f"--resume {run}: no unfinished run of that name in {models_dir} "
                            f"(unfinished runs there: {', '.join(unfinished) or 'none'}); give "
-                           "the path of a .partial folder or one of those names")
+                           f"the path of a {RESUMABLE_SUFFIX} folder or one of those names")
 
 
-def run_config(work_dir: Path, root: Path) -> Config:
+def run_config(run_folder: Path, root: Path) -> Config:
     """The config an unfinished run started with (saved in its folder), for a project ``root``."""
-    saved = load_config(Path(work_dir) / CONFIG_FILE)
+    saved = load_config(Path(run_folder) / CONFIG_FILE)
     return Config(saved.to_dict(), root=root)
 
 
 # ----------------------------------------------------------------------------- save
 
-def save_model_folder(work_dir: Path, model: keras.Model, cfg: Config, class_names: list[str],
+def save_model_folder(run_folder: Path, model: keras.Model, cfg: Config, class_names: list[str],
                       metrics: dict, figures: dict | None = None, data_fingerprint: str = "",
                       hardware: Hardware | None = None) -> Path:
-    """Write everything into the ``.partial`` folder, then rename it to its final name."""
-    work_dir = Path(work_dir)
-    model.save(work_dir / MODEL_FILE)
-    (work_dir / CLASS_NAMES_FILE).write_text(json.dumps(class_names, indent=2))
-    cfg.save(work_dir / CONFIG_FILE)
-    (work_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    """Write everything into the ``.resumable`` folder, then rename it to its final name."""
+    run_folder = Path(run_folder)
+    model.save(run_folder / MODEL_FILE)
+    (run_folder / CLASS_NAMES_FILE).write_text(json.dumps(class_names, indent=2))
+    cfg.save(run_folder / CONFIG_FILE)
+    (run_folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     for name, figure in (figures or {}).items():
-        (work_dir / "figures").mkdir(exist_ok=True)
-        figure.savefig(work_dir / "figures" / f"{name}.png", dpi=100, bbox_inches="tight")
-    shutil.rmtree(work_dir / CHECKPOINT_DIR, ignore_errors=True)
-    manifest = run_manifest(cfg, data_fingerprint, hardware, file_hashes(work_dir))
-    (work_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    final = final_folder(work_dir)
-    work_dir.rename(final)
-    return final
+        (run_folder / "figures").mkdir(exist_ok=True)
+        figure.savefig(run_folder / "figures" / f"{name}.png", dpi=100, bbox_inches="tight")
+    shutil.rmtree(run_folder / CHECKPOINT_DIR, ignore_errors=True)
+    manifest = model_manifest(cfg, data_fingerprint, hardware, file_hashes(run_folder))
+    (run_folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return publish(run_folder, final_folder(run_folder))
 
 
-def run_manifest(cfg: Config, data_fingerprint: str, hardware: Hardware | None,
-                 files: dict[str, str]) -> dict:
+def model_manifest(cfg: Config, data_fingerprint: str, hardware: Hardware | None,
+                   files: dict[str, str]) -> dict:
     """What is needed to reproduce or audit a model: versions, seed, hardware, data
     fingerprint, and the sha256 of every file so that a changed file is noticed on load."""
     return {
@@ -126,7 +135,7 @@ def run_manifest(cfg: Config, data_fingerprint: str, hardware: Hardware | None,
         "seed": cfg.data.seed,
         "data_fingerprint": data_fingerprint,
         "devices": [d.name for d in tf.config.list_logical_devices()],
-        "hardware": hardware.manifest() if hardware else None,
+        "hardware": hardware.to_dict() if hardware else None,
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "keras": keras.__version__, "numpy": np.__version__},
         "files": files,
@@ -135,9 +144,13 @@ def run_manifest(cfg: Config, data_fingerprint: str, hardware: Hardware | None,
 
 def file_hashes(folder: Path) -> dict[str, str]:
     """``relative path -> sha256`` of every file under ``folder``, except the manifest."""
-    return {path.relative_to(folder).as_posix(): file_sha256(path)
-            for path in sorted(Path(folder).rglob("*"))
-            if path.is_file() and path.name != MANIFEST_FILE}
+    return {name: file_sha256(Path(folder) / name) for name in relative_files(folder)
+            if name != MANIFEST_FILE}
+
+
+def saved_files(folder: Path) -> list[str]:
+    """The files of a model folder, relative to it, without the TensorBoard logs."""
+    return relative_files(folder, skip=(TENSORBOARD_DIR,))
 
 
 # ----------------------------------------------------------------------------- load
@@ -146,7 +159,7 @@ def load_model_folder(folder: Path) -> tuple[keras.Model, list[str], dict]:
     """The model (loaded in Keras safe mode), its class names and the config it was trained
     with, after checking every file against the sha256 recorded in the manifest."""
     folder = Path(folder)
-    if folder.name.endswith(PARTIAL_SUFFIX):
+    if folder.name.endswith(RESUMABLE_SUFFIX):
         raise ModelFolderError(f"{folder} is an unfinished training run, not a model folder; "
                                f"finish it with `imgcls train --resume {folder}`")
     _check_files(folder)

@@ -1,29 +1,28 @@
-"""Models in one import: build -> compile -> train -> save / load -> predict.
+"""Models, in one import: the training recipe, and the pieces it is made of.
 
-The work is done in one module per stage; this module gathers their public names so notebooks,
-the pipeline and the command line need a single ``from imgcls_utils import model_utils``:
+Each stage has its own module; this one gathers the names that notebooks, the command line and
+the benchmarks use, so they need a single ``from imgcls_utils import model_utils``:
 
-- ``models``: the network for ``model.family`` (mlp, cnn, transfer)
+- ``recipe``: ``TrainingRun``, the named steps from hardware choice to a saved model folder
 - ``hardware``: distribution strategy, mixed precision, XLA
-- ``training``: optimizer, schedule, loss, callbacks, the fit loop (resumable, two-phase)
+- ``models``: the network for ``model.family`` (mlp, cnn, transfer)
+- ``training``: optimizer, schedule, loss, callbacks, the resumable fit loop
 - ``checkpoints``: the per-epoch state that makes a run resumable
-- ``model_folders``: the ``.partial`` work folder, saving, loading with integrity checks
+- ``model_folders``: the ``.resumable`` run folder, saving, loading with integrity checks
 - ``prediction``: top-k labels for new image files
 """
 
-from .hardware import Hardware, HardwareError, choose_hardware
+from .hardware import HardwareError, choose_hardware
 from .model_folders import (ModelFolderError, find_unfinished_run, load_model_folder,
-                            new_model_folder, run_config, save_model_folder,
-                            unused_model_folder_name)
-from .models import BACKBONES, ModelConfigError, build_model, count_parameters
-from .prediction import image_files, predict_files
-from .training import (TrainingDiverged, balanced_class_weights, compile_model, local_copy,
-                       set_seed, train_model, training_callbacks, training_phases)
+                            new_run_folder, run_config, saved_files, unused_model_folder_name)
+from .models import ModelConfigError, build_model, count_parameters
+from .prediction import predict_files
+from .recipe import TrainingRun, train
+from .training import TrainingDiverged, compile_model, set_seed, train_model
 
 __all__ = [
-    "BACKBONES", "Hardware", "HardwareError", "ModelConfigError", "ModelFolderError",
-    "TrainingDiverged", "balanced_class_weights", "build_model", "choose_hardware",
-    "compile_model", "count_parameters", "find_unfinished_run", "image_files",
-    "load_model_folder", "local_copy", "new_model_folder", "predict_files", "run_config", "save_model_folder", "set_seed",
-    "train_model", "training_callbacks", "training_phases", "unused_model_folder_name",
+    "HardwareError", "ModelConfigError", "ModelFolderError", "TrainingDiverged", "TrainingRun",
+    "build_model", "choose_hardware", "compile_model", "count_parameters", "find_unfinished_run",
+    "load_model_folder", "new_run_folder", "predict_files", "run_config", "saved_files",
+    "set_seed", "train", "train_model", "unused_model_folder_name",
 ]

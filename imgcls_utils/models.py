@@ -1,5 +1,6 @@
 """Building the network for ``model.family``: ``mlp``, ``cnn`` (optionally residual) or
-``transfer`` (a keras.applications backbone with a new classification head).
+``transfer`` (a keras.applications backbone, set up by the ``transfer`` section, with a new
+classification head).
 
 Every model takes raw pixels in [0, 255] (what the data pipeline and ``predict`` feed) and does
 its own scaling inside, so a saved model needs nothing but an image of the trained size.
@@ -45,16 +46,19 @@ BACKBONE_LAYER = "backbone"
 MOBILENET_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
-def build_model(model: Section, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def build_model(model: Section, transfer: Section, input_shape: tuple[int, int, int],
+                num_classes: int) -> keras.Model:
     """The network for ``model.family``; inputs are raw pixels in [0, 255]."""
     inputs = keras.Input(shape=input_shape, name="image")
-    builders = {"cnn": _cnn_body, "mlp": _mlp_body, "transfer": _transfer_body}
-    x = builders[model.family](inputs, model)
+    if model.family == "transfer":
+        x = _transfer_body(inputs, transfer)
+    else:
+        x = {"cnn": _cnn_body, "mlp": _mlp_body}[model.family](inputs, model)
     if model.dropout:
         x = keras.layers.Dropout(model.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  kernel_regularizer=_l2(model), name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=model.name)
+    return keras.Model(inputs, outputs, name=model.family)
 
 
 def _l2(model: Section):
@@ -135,20 +139,20 @@ class BackbonePreprocessing(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
-def _transfer_body(inputs, model: Section):
+def _transfer_body(inputs, transfer: Section):
     """Resize to the backbone's input size, grayscale to RGB, the backbone's preprocessing,
     the backbone and global average pooling. A pretrained backbone starts frozen (the new head
-    is trained first, then ``unfreeze_top_layers`` fine-tunes it); with ``model.weights: none``
-    there is nothing to protect, so the whole network trains from scratch in one phase."""
-    size = backbone_input_size(model, inputs.shape[1:3])
+    is trained first, then ``unfreeze_top_layers`` fine-tunes it); with ``transfer.weights:
+    none`` there is nothing to protect, so the whole network trains from scratch in one phase."""
+    size = backbone_input_size(transfer, inputs.shape[1:3])
     x = inputs
     if tuple(inputs.shape[1:3]) != size:
         x = keras.layers.Resizing(*size, name="resize")(x)
     if inputs.shape[-1] == 1:
         x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
-    x = BackbonePreprocessing(model.backbone, name="preprocess")(x)
-    backbone = _backbone(model, (*size, 3))
-    if model.weights == "none":
+    x = BackbonePreprocessing(transfer.backbone, name="preprocess")(x)
+    backbone = _backbone(transfer, (*size, 3))
+    if transfer.weights == "none":
         x = backbone(x)
     else:
         backbone.trainable = False
@@ -158,59 +162,59 @@ def _transfer_body(inputs, model: Section):
     return keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
 
 
-def backbone_input_size(model: Section, image_size) -> tuple[int, int]:
-    """``model.backbone_input_size`` (square), or each image side raised to the backbone's
-    minimum when it is 0."""
-    minimum = BACKBONES[model.backbone].min_size
-    if not model.backbone_input_size:
+def backbone_input_size(transfer: Section, image_size) -> tuple[int, int]:
+    """``transfer.input_size`` (square), or with ``auto`` each image side raised to the
+    backbone's minimum."""
+    minimum = BACKBONES[transfer.backbone].min_size
+    if transfer.input_size == "auto":
         return tuple(max(int(side), minimum) for side in image_size)
-    if model.backbone_input_size < minimum:
-        raise ModelConfigError(f"model.backbone_input_size = {model.backbone_input_size} is below "
-                               f"{model.backbone}'s minimum of {minimum}; set at least {minimum}, "
-                               "or 0 for automatic")
-    return (model.backbone_input_size,) * 2
+    if transfer.input_size < minimum:
+        raise ModelConfigError(f"transfer.input_size = {transfer.input_size} is below "
+                               f"{transfer.backbone}'s minimum of {minimum}; set at least "
+                               f"{minimum}, or auto")
+    return (transfer.input_size,) * 2
 
 
-def _backbone(model: Section, input_shape: tuple[int, int, int]) -> keras.Model:
-    spec = BACKBONES[model.backbone]
-    options = {"include_top": False, "input_shape": input_shape, "weights": _weights(model)}
-    if model.backbone == "mobilenet_v2":
-        options["alpha"] = model.backbone_alpha
-        if options["weights"] == "imagenet" and model.backbone_alpha not in MOBILENET_IMAGENET_ALPHAS:
+def _backbone(transfer: Section, input_shape: tuple[int, int, int]) -> keras.Model:
+    spec = BACKBONES[transfer.backbone]
+    options = {"include_top": False, "input_shape": input_shape, "weights": _weights(transfer)}
+    if transfer.backbone == "mobilenet_v2":
+        options["alpha"] = transfer.alpha
+        if options["weights"] == "imagenet" and transfer.alpha not in MOBILENET_IMAGENET_ALPHAS:
             raise ModelConfigError(
-                f"model.backbone_alpha = {model.backbone_alpha}: ImageNet weights of mobilenet_v2 "
-                f"exist only for {', '.join(map(str, MOBILENET_IMAGENET_ALPHAS))}; pick one of "
-                "those or set model.weights to none")
+                f"transfer.alpha = {transfer.alpha}: ImageNet weights of mobilenet_v2 exist "
+                f"only for {', '.join(map(str, MOBILENET_IMAGENET_ALPHAS))}; pick one of those "
+                "or set transfer.weights to none")
     try:
         network = getattr(keras.applications, spec.application)(**options)
     except Exception as error:  # Keras reports a failed download as a bare Exception
         if "URL fetch failure" in str(error):
-            raise _offline_error(model, error) from None
-        raise ModelConfigError(f"model.weights = {model.weights}: {spec.application} could not "
+            raise _offline_error(transfer, error) from None
+        raise ModelConfigError(f"transfer.weights = {transfer.weights}: {spec.application} could not "
                                f"load them ({error}); give imagenet, none or a weights file made "
                                f"for {spec.application} without its top layers") from None
     network.name = BACKBONE_LAYER
     return network
 
 
-def _weights(model: Section) -> str | None:
+def _weights(transfer: Section) -> str | None:
     """``imagenet``, None for ``none``, or the path of an existing weights file."""
-    if model.weights in ("imagenet", "none"):
-        return None if model.weights == "none" else "imagenet"
-    path = Path(model.weights).expanduser().resolve()
+    if transfer.weights in ("imagenet", "none"):
+        return None if transfer.weights == "none" else "imagenet"
+    path = Path(transfer.weights).expanduser().resolve()
     if not path.is_file():
-        raise ModelConfigError(f"model.weights: file {path} does not exist; give imagenet, none "
+        raise ModelConfigError(f"transfer.weights: file {path} does not exist; give imagenet, none "
                                "or the path of a weights file (.h5)")
     return str(path)
 
 
-def _offline_error(model: Section, error: Exception) -> ModelConfigError:
+def _offline_error(transfer: Section, error: Exception) -> ModelConfigError:
     url = re.search(r"https?://\S+?\.h5", str(error))
     where = url.group(0) if url else "the Keras applications weights file"
     return ModelConfigError(
-        f"model.weights = imagenet: could not download the ImageNet weights of {model.backbone} "
+        f"transfer.weights = imagenet: could not download the ImageNet weights of {transfer.backbone} "
         f"(this machine seems offline); download {where} on a machine with internet, copy it "
-        "here and set model.weights to its path, or set model.weights to none")
+        "here and set transfer.weights to its path, or set transfer.weights to none")
 
 
 def has_frozen_backbone(model: keras.Model) -> bool:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .images import load_image
 
@@ -80,27 +81,33 @@ def plot_duplicate_groups(duplicates: pd.DataFrame, folder: Path, max_groups: in
 
 
 def plot_augmentation_preview(image: np.ndarray, augmentation, count: int = 8) -> Figure:
-    """The same image under ``count`` random augmentations (first panel: the original)."""
+    """The same image under ``count`` random draws of ``augmentation`` (first panel: the
+    original), titled with its transforms; with no augmentation, the image as training sees it."""
     batch = np.repeat(image[None].astype("float32"), count, axis=0)
-    augmented = np.asarray(augmentation(batch, training=True))
+    augmented = np.asarray(augmentation(batch, training=True)) if augmentation else batch
     fig, axes = plt.subplots(1, count + 1, figsize=(1.3 * (count + 1), 1.6))
     for ax, picture, name in zip(axes, [image, *augmented],
                                  ["original", *[f"#{i + 1}" for i in range(count)]]):
         _show_image(ax, picture)
         ax.set_title(name, fontsize=8)
         ax.axis("off")
+    steps = [layer.name for layer in augmentation.layers] if augmentation else ["disabled"]
+    fig.suptitle(f"Augmentation: {', '.join(steps)}", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def plot_training_curves(history: pd.DataFrame) -> Figure:
-    """Accuracy and loss per epoch for training and validation."""
+    """Accuracy and loss per epoch for training and validation, with the best epoch (lowest
+    validation loss, whose weights the model keeps) marked."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
-    epochs = np.arange(1, len(history) + 1)
+    best = history.loc[history["val_loss"].idxmin(), "epoch"]
     for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
-        ax.plot(epochs, history[metric], label="train")
-        ax.plot(epochs, history[f"val_{metric}"], label="validation")
+        ax.plot(history["epoch"], history[metric], marker=".", label="train")
+        ax.plot(history["epoch"], history[f"val_{metric}"], marker=".", label="validation")
+        ax.axvline(best, color="gray", linestyle="--", linewidth=1, label=f"best epoch ({best})")
         ax.set(xlabel="epoch", ylabel=metric, title=metric.capitalize())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.tight_layout()
     return fig

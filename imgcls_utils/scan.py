@@ -64,7 +64,8 @@ class Limits:
 
     @classmethod
     def from_config(cls, data: Section) -> Limits:
-        return cls(tuple(data.min_image_size), data.max_pixels, data.near_duplicate_distance)
+        distance = data.near_duplicate_distance
+        return cls(tuple(data.min_image_size), data.max_pixels, None if distance == "none" else distance)
 
 
 def scan_image_folder(folder: Path, data: Section | None = None,

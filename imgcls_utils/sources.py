@@ -9,6 +9,9 @@ Built-in sources are materialized once as ``Raw_Data/<name>/<class>/<id>.png``, 
 downstream takes the same path as the user's own images. The folder is assembled under a hidden
 name and renamed when complete; a marker file inside records what it was made from, so later
 runs return at once and a folder that imgcls did not write is never touched.
+
+``source_name`` gives each source a short name (``digits``, ``fashion-mnist``, ``tf_flowers``,
+the folder's name) for the folders made from it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
 import struct
 import zlib
@@ -32,11 +34,13 @@ from PIL import Image
 
 from .config import Section
 from .errors import DataError
+from .files import staged
 
 DIGITS_SOURCE = "digits"
 IDX_PREFIX = "idx:"
 TFDS_PREFIX = "tfds:"
 MARKER_FILE = ".imgcls-source.json"
+AUTO = "auto"
 # A host TensorFlow Datasets downloads from; reaching it tells "offline" apart within seconds,
 # where tfds itself retries for minutes before giving up.
 NETWORK_PROBE = ("storage.googleapis.com", 443)
@@ -61,10 +65,20 @@ def resolve_source(data: Section, raw_dir: Path) -> Path:
         raise DataError(f"data.source: folder {folder} does not exist; give '{DIGITS_SOURCE}', "
                         f"'{IDX_PREFIX}<folder>', '{TFDS_PREFIX}<name>' or a folder with one "
                         "sub-folder of images per class")
-    if class_names is not None:
+    if class_names != AUTO:
         raise DataError(f"data.class_names is set, but the class names of folder {folder} are its "
-                        "sub-folder names; set data.class_names to null")
+                        "sub-folder names; set data.class_names to auto")
     return folder
+
+
+def source_name(source: str) -> str:
+    """A short name for ``data.source``, usable in a file name: ``digits``, the IDX folder's
+    name, the TFDS name, or the image folder's name."""
+    if source.startswith(TFDS_PREFIX):
+        name = source[len(TFDS_PREFIX):]
+    else:
+        name = Path(source.removeprefix(IDX_PREFIX)).name
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "images"
 
 
 def _user_path(text: str, raw_dir: Path) -> Path:
@@ -74,7 +88,7 @@ def _user_path(text: str, raw_dir: Path) -> Path:
 
 # ----------------------------------------------------------------------------- digits
 
-def materialize_digits(raw_dir: Path, class_names: list[str] | None = None) -> Path:
+def materialize_digits(raw_dir: Path, class_names: list[str] | str = AUTO) -> Path:
     """scikit-learn's handwritten digits as ``raw_dir/digits/<class>/<id>.png`` (written once)."""
     from sklearn.datasets import load_digits
 
@@ -90,7 +104,7 @@ def materialize_digits(raw_dir: Path, class_names: list[str] | None = None) -> P
 
 # ----------------------------------------------------------------------------- IDX (MNIST format)
 
-def materialize_idx(folder: Path, raw_dir: Path, class_names: list[str] | None = None) -> Path:
+def materialize_idx(folder: Path, raw_dir: Path, class_names: list[str] | str = AUTO) -> Path:
     """MNIST-format files in ``folder`` (``<part>-images-idx3-ubyte[.gz]`` with its
     ``<part>-labels-idx1-ubyte[.gz]``) as ``raw_dir/idx-<folder name>/<class>/<part>-<n>.png``."""
     folder = Path(folder)
@@ -186,7 +200,7 @@ def _read(handle, size: int, path: Path) -> bytes:
 
 # ----------------------------------------------------------------------------- TensorFlow Datasets
 
-def materialize_tfds(name: str, raw_dir: Path, class_names: list[str] | None = None) -> Path:
+def materialize_tfds(name: str, raw_dir: Path, class_names: list[str] | str = AUTO) -> Path:
     """All splits of the TensorFlow Datasets set ``name`` as ``raw_dir/tfds-<name>/<class>/<n>.png``
     (or ``.jpg``: the stored bytes are copied, not re-encoded). Downloads on first use."""
     origin = f"{TFDS_PREFIX}{name}"
@@ -261,16 +275,16 @@ def _numeric_names(count: int) -> list[str]:
     return [f"{label:0{width}d}" for label in range(count)]
 
 
-def _class_names(configured: list[str] | None, default: list[str], origin: str) -> list[str]:
-    if configured is None:
+def _class_names(configured: list[str] | str, default: list[str], origin: str) -> list[str]:
+    if configured == AUTO:
         return list(default)
     if len(configured) != len(default):
         raise DataError(f"data.class_names has {len(configured)} names but {origin} has "
-                        f"{len(default)} classes; give one name per label, in label order, or null")
+                        f"{len(default)} classes; give one name per label, in label order, or auto")
     return list(configured)
 
 
-def _marker(origin: str, class_names: list[str] | None) -> dict:
+def _marker(origin: str, class_names: list[str] | str) -> dict:
     """What a materialized folder records about how it was made (checked on every later run)."""
     return {"source": origin, "data.class_names": class_names}
 
@@ -296,24 +310,18 @@ def _is_materialized(folder: Path, marker: dict) -> bool:
 
 def _write_source(folder: Path, marker: dict, class_names: list[str],
                   samples: Iterable[Sample]) -> Path:
-    """Write ``samples`` into ``folder``: assembled under a hidden name, marked, then renamed."""
-    staging = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        count = _write_samples(staging, class_names, samples)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    made = {**marker, "class_names": class_names, "images": count}
-    (staging / MARKER_FILE).write_text(json.dumps(made, indent=2))
-    staging.rename(folder)
+    """Write ``samples`` into ``folder``: assembled out of sight, marked, then published."""
+    with staged(folder) as building:
+        count = _write_samples(building, class_names, samples)
+        made = {**marker, "class_names": class_names, "images": count}
+        (building / MARKER_FILE).write_text(json.dumps(made, indent=2))
     return folder
 
 
 def _write_samples(folder: Path, class_names: list[str], samples: Iterable[Sample]) -> int:
     """Write every sample (encoding on all cores); returns how many were written."""
     for name in class_names:
-        (folder / name).mkdir(parents=True)
+        (folder / name).mkdir()
     count = 0
     samples = iter(samples)
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:

@@ -16,7 +16,7 @@ SPLITS = ("train", "val", "test")
 
 
 def split_images(images: pd.DataFrame, data: Section) -> pd.DataFrame:
-    """Add a ``split`` column (and ``fold`` when ``data.folds`` is set) to scanned images:
+    """Add a ``split`` column (and ``fold`` unless ``data.folds`` is none) to scanned images:
     stratified by label, seeded, the same for any row order, copies kept together."""
     images = images.sort_values("path").reset_index(drop=True)
     units = images.drop_duplicates("group")  # each group's first path stands for the group
@@ -33,7 +33,7 @@ def split_images(images: pd.DataFrame, data: Section) -> pd.DataFrame:
     split_of_group = pd.Series("train", index=units["group"])
     split_of_group[val["group"]], split_of_group[test["group"]] = "val", "test"
     images["split"] = images["group"].map(split_of_group)
-    if data.folds:
+    if data.folds != "none":
         images["fold"] = assign_folds(images, data.folds, data.seed)
     return images
 
@@ -53,17 +53,17 @@ def assign_folds(images: pd.DataFrame, folds: int, seed: int) -> pd.Series:
     return images["group"].map(fold_of_group)
 
 
-def groups_across_splits(manifest: pd.DataFrame) -> pd.DataFrame:
+def groups_across_splits(images: pd.DataFrame) -> pd.DataFrame:
     """The rows of duplicate groups whose copies lie in more than one split: leakage, which
-    inflates test accuracy. Empty for every manifest ``split_images`` makes."""
-    sides = manifest.groupby("group")["split"].transform("nunique")
-    return manifest.loc[sides > 1, ["group", "path", "label", "split"]].sort_values(
+    inflates test accuracy. Empty for every split table ``split_images`` makes."""
+    sides = images.groupby("group")["split"].transform("nunique")
+    return images.loc[sides > 1, ["group", "path", "label", "split"]].sort_values(
         ["group", "path"]).reset_index(drop=True)
 
 
-def split_sizes(manifest: pd.DataFrame) -> pd.DataFrame:
+def split_sizes(images: pd.DataFrame) -> pd.DataFrame:
     """Images per class in each split: one row per class, one column per split, plus totals."""
-    table = pd.crosstab(manifest["label"], manifest["split"], margins=True, margins_name="total")
+    table = pd.crosstab(images["label"], images["split"], margins=True, margins_name="total")
     table = table[[*SPLITS, "total"]]
     table.index.name, table.columns.name = "class", None
     return table

@@ -1,11 +1,11 @@
 """Training: seed, optimizer, learning-rate schedule, loss, callbacks, and the fit loop.
 
 A run has one phase (``train``) or, for the transfer family, two: the new head is trained on the
-frozen backbone, then the top ``model.fine_tune_layers`` backbone layers are fine-tuned at
-``train.fine_tune_learning_rate`` for ``train.fine_tune_epochs`` more epochs. Epochs are numbered
-across phases, so ``history.csv`` has one row per epoch of the whole run.
+frozen backbone, then the top ``transfer.fine_tune_layers`` backbone layers are fine-tuned at
+``transfer.fine_tune_learning_rate`` for ``transfer.fine_tune_epochs`` more epochs. Epochs are
+numbered across phases, so ``history.csv`` has one row per epoch of the whole run.
 
-After every epoch the full state is saved in the run's ``.partial`` folder (see
+After every epoch the full state is saved in the run's ``.resumable`` folder (see
 ``checkpoints.py``); ``train_model`` on a folder that has it continues where it stopped.
 """
 
@@ -54,11 +54,13 @@ def set_seed(seed: int) -> None:
 
 # ----------------------------------------------------------------------------- compile
 
-def training_phases(train: Section, fine_tune_layers: int = 0) -> list[Phase]:
-    """The phases of a run; fine-tuning only when there are layers and epochs for it."""
+def training_phases(train: Section, transfer: Section | None = None) -> list[Phase]:
+    """The phases of a run: fine-tuning too when given the ``transfer`` section of a model
+    with a frozen backbone, and there are layers and epochs for it."""
     phases = [Phase("train", train.epochs, train.learning_rate, train.warmup_epochs)]
-    if fine_tune_layers and train.fine_tune_epochs:
-        phases.append(Phase("fine_tune", train.fine_tune_epochs, train.fine_tune_learning_rate, 0))
+    if transfer is not None and transfer.fine_tune_layers and transfer.fine_tune_epochs:
+        phases.append(Phase("fine_tune", transfer.fine_tune_epochs,
+                            transfer.fine_tune_learning_rate, 0))
     return phases
 
 
@@ -137,9 +139,12 @@ def local_copy(model: keras.Model, train: Section) -> keras.Model:
     return compile_model(copy, train, steps_per_epoch=1)  # it is never trained
 
 
-def balanced_class_weights(label_counts: list[int]) -> dict[int, float]:
-    """Weights that make every class count equally: ``total / (classes * count)`` (the
-    scikit-learn "balanced" rule), for classes that occur."""
+def class_weights(train: Section, label_counts: list[int]) -> dict[int, float] | None:
+    """``train.class_weight`` for a training split with ``label_counts`` images per class:
+    None, or with ``balanced`` weights that make every class count equally,
+    ``total / (classes * count)`` (scikit-learn's rule), for the classes that occur."""
+    if train.class_weight == "none":
+        return None
     total, classes = sum(label_counts), len(label_counts)
     return {label: total / (classes * count) for label, count in enumerate(label_counts) if count}
 
@@ -148,11 +153,11 @@ def balanced_class_weights(label_counts: list[int]) -> dict[int, float]:
 
 class StopOnNaN(keras.callbacks.Callback):
     """Raise ``TrainingDiverged`` at the first NaN or infinite training loss, so the run ends as
-    failed (its ``.partial`` folder stays unfinished) instead of saving a broken model."""
+    failed (its ``.resumable`` folder stays unfinished) instead of saving a broken model."""
 
-    def __init__(self, work_dir: Path):
+    def __init__(self, run_folder: Path):
         super().__init__()
-        self.work_dir = work_dir
+        self.run_folder = run_folder
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -163,11 +168,11 @@ class StopOnNaN(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingDiverged(
                 f"the training loss became {float(loss)} in epoch {self.epoch + 1}; the run "
-                f"stopped unfinished in {self.work_dir}; start a new run with a lower "
+                f"stopped unfinished in {self.run_folder}; start a new run with a lower "
                 "train.learning_rate (or check the data for broken images)")
 
 
-def training_callbacks(train: Section, work_dir: Path) -> list:
+def training_callbacks(train: Section, run_folder: Path) -> list:
     """Early stopping, the plateau schedule when chosen, TensorBoard logs and stop-on-NaN.
     The best checkpoint, the history and the resume state are kept by ``RunCheckpoint``."""
     schedule = []
@@ -177,46 +182,46 @@ def training_callbacks(train: Section, work_dir: Path) -> list:
             min_lr=train.learning_rate / 1000))
     return schedule + [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=train.early_stopping_patience),
-        keras.callbacks.TensorBoard(log_dir=str(work_dir / TENSORBOARD_DIR), write_graph=False,
+        keras.callbacks.TensorBoard(log_dir=str(run_folder / TENSORBOARD_DIR), write_graph=False,
                                     profile_batch=0),
-        StopOnNaN(work_dir),
+        StopOnNaN(run_folder),
     ]
 
 
-def train_model(model: keras.Model, train_ds, val_ds, train: Section, work_dir: Path, *,
-                hardware: Hardware | None = None, fine_tune_layers: int = 0,
+def train_model(model: keras.Model, datasets: dict, train: Section, transfer: Section,
+                run_folder: Path, *, hardware: Hardware | None = None,
                 class_weight: dict[int, float] | None = None, callbacks: list | None = None,
                 data_fingerprint: str | None = None) -> pd.DataFrame:
-    """Fit every phase, continuing from the state saved in ``work_dir`` if there is one (and,
-    given ``data_fingerprint``, only on the same data); the model ends with the weights of its
-    best validation epoch. ``callbacks`` are added to the standard ones
-    (``training_callbacks``). Returns the whole history, one row per epoch."""
-    state = RunState.load(work_dir)
+    """Fit every phase on ``datasets["train"]``, validating on ``datasets["val"]``, continuing
+    from the state saved in ``run_folder`` if there is one (and, given ``data_fingerprint``,
+    only on the same data); the model ends with the weights of its best validation epoch.
+    ``callbacks`` are added to the standard ones (``training_callbacks``). Returns the whole
+    history, one row per epoch."""
+    state = RunState.load(run_folder)
     if data_fingerprint:
         state.check_data(data_fingerprint)
     if state.epochs_done():
-        print(f"resuming {work_dir} after epoch {state.epochs_done()}", flush=True)
-    steps_per_epoch = int(train_ds.cardinality())
+        print(f"resuming {run_folder} after epoch {state.epochs_done()}", flush=True)
+    steps_per_epoch = int(datasets["train"].cardinality())
     scope = hardware.scope if hardware else nullcontext
-    frozen = has_frozen_backbone(model)
-    for phase in training_phases(train, fine_tune_layers if frozen else 0):
+    for phase in training_phases(train, transfer if has_frozen_backbone(model) else None):
         with scope():
             if phase.name == "fine_tune":
-                unfreeze_top_layers(model, fine_tune_layers)
+                unfreeze_top_layers(model, transfer.fine_tune_layers)
                 compile_model(model, train, steps_per_epoch, hardware, phase)
             model.optimizer.build(model.trainable_variables)
             state.restore_weights(model, phase.name)
         if not state.finished(phase.name):
-            _fit_phase(model, train_ds, val_ds, train, phase, state, class_weight, callbacks or [])
+            _fit_phase(model, datasets, train, phase, state, class_weight, callbacks or [])
     return state.history()
 
 
-def _fit_phase(model, train_ds, val_ds, train: Section, phase: Phase, state: RunState,
+def _fit_phase(model, datasets: dict, train: Section, phase: Phase, state: RunState,
                class_weight, extra_callbacks: list) -> None:
-    standard = training_callbacks(train, state.work_dir)
+    standard = training_callbacks(train, state.run_folder)
     first_epoch = state.phase(phase.name)["first_epoch"]
     # The checkpoint goes last: it saves what the others did in the epoch (counters, logs).
     callbacks = [*standard, *extra_callbacks, RunCheckpoint(state, phase.name, standard)]
-    model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epochs_done(),
+    model.fit(datasets["train"], validation_data=datasets["val"], initial_epoch=state.epochs_done(),
               epochs=first_epoch + phase.epochs, class_weight=class_weight, callbacks=callbacks,
               verbose=train.verbose, shuffle=False)  # the training dataset shuffles itself

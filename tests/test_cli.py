@@ -63,3 +63,19 @@ def test_scan_prints_every_skipped_file_imbalance_and_duplicates(project, tmp_pa
     assert "cat/link_out.png: symlink to" in report and "stray.jpg: file outside" in report
     assert "(exact, conflicting labels: excluded): cat/same_as_dog_good0.png [cat]" in report
     assert "fox/animated.gif: GIF, 2 frames" in report
+
+
+def test_version_and_plain_text_help():
+    done, _ = imgcls("--version")
+    assert done.returncode == 0 and done.stdout.strip() == "imgcls 0.1.0"
+    done, _ = imgcls("--help")
+    assert done.returncode == 0 and "run the three notebooks" in done.stdout
+    assert "``" not in done.stdout and "`" not in done.stdout
+
+
+def test_a_moved_key_and_yaml_off_are_explained_on_the_command_line():
+    done, _ = imgcls("config", "--set", "train.mixed_precision=off")
+    assert done.returncode == 2
+    assert "'train.mixed_precision' (from overrides) moved to 'hardware.mixed_precision'" in done.stderr
+    done, _ = imgcls("config", "--set", "hardware.mixed_precision=off")
+    assert "YAML reads an unquoted off" in done.stderr and "Traceback" not in done.stderr

@@ -3,8 +3,9 @@ import re
 import pytest
 import yaml
 
-from imgcls_utils.config import (CONFIG_RELATIVE_PATH, RULES, ConfigError, find_project_root,
-                                 load_config, parse_set_option)
+from imgcls_utils.config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, MOVED,
+                                 NOTEBOOK_PARAMETERS, RULES, ConfigError, find_project_root,
+                                 load_config, notebook_config, parse_set_option)
 from tests.conftest import REPO_ROOT
 
 YAML_PATH = REPO_ROOT / CONFIG_RELATIVE_PATH
@@ -23,10 +24,41 @@ def test_defaults_load_and_every_rule_has_a_default():
     assert cfg.train.epochs >= 1 and cfg.data.source == "digits"
 
 
-def test_every_key_in_the_yaml_has_a_comment():
+def key_comments() -> dict[str, str]:
+    """``section.key -> its comment`` from the YAML file's lines."""
+    comments, section = {}, None
     for line in YAML_PATH.read_text().splitlines():
-        if re.match(r"^\s+\w+:", line):
-            assert "#" in line, f"no comment on: {line}"
+        if match := re.match(r"^(\w+):", line):
+            section = match[1]
+        elif match := re.match(r"^\s+(\w+):[^#]*#\s*(.*)$", line):
+            comments[f"{section}.{match[1]}"] = match[2]
+    return comments
+
+
+def test_every_key_has_a_one_line_comment_of_at_most_100_characters():
+    assert set(key_comments()) == set(RULES)
+    too_long = [line for line in YAML_PATH.read_text().splitlines() if len(line) > 100]
+    assert not too_long
+
+
+def test_comments_name_exactly_the_values_the_rules_accept():
+    comments = key_comments()
+    enumerated = {key: rule.choices for key, rule in RULES.items() if rule.choices}
+    assert len(enumerated) >= 15
+    for key, choices in enumerated.items():
+        assert re.match(re.escape(choices) + "(:|$)", comments[key]), \
+            f"{key}: the comment should start with '{choices}:', it reads '{comments[key]}'"
+    listed = {key for key, comment in comments.items() if " | " in comment.split(":")[0]}
+    assert listed == set(enumerated), "a comment lists values its rule does not enumerate"
+
+
+def test_one_spelling_for_off_and_for_automatic():
+    values = yaml.safe_load(YAML_PATH.read_text())
+    flat = {f"{s}.{k}": v for s, section in values.items() for k, v in section.items()}
+    assert None not in flat.values()
+    for key, rule in RULES.items():
+        words = set(re.findall(r"\b(none|null|off|auto|automatic)\b", rule.choices))
+        assert words <= {"none", "auto"}, f"{key} spells off/automatic as {words}"
 
 
 def test_unknown_key_suggests_the_closest_known_one():
@@ -44,9 +76,12 @@ def test_unknown_key_with_wrong_section_suggests_by_name():
     ("train.epochs", True, "expected an integer >= 1"),
     ("train.learning_rate", 0, "allowed is a number > 0"),
     ("data.image_size", [32], "list of 2 integers"),
-    ("data.channels", 2, "allowed is 1 or 3"),
-    ("model.family", "transformer", "one of cnn, mlp"),
-    ("augment.flip", "diagonal", "one of none, horizontal"),
+    ("data.channels", 2, "allowed is 1 | 3"),
+    ("model.family", "transformer", "allowed is cnn | mlp | transfer"),
+    ("augment.flip", "diagonal", "allowed is none | horizontal"),
+    ("data.folds", 1, "allowed is none or an integer >= 2"),
+    ("transfer.input_size", 0, "allowed is auto or an integer >= 32"),
+    ("hardware.mixed_precision", "off", "allowed is auto | float32 | mixed_float16"),
     ("data.val_fraction", 1.5, "data.val_fraction = 1.5: allowed is a number in (0, 1)"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
@@ -63,11 +98,42 @@ def test_all_problems_are_reported_together():
     assert error_text.count("\n  - ") == 3
 
 
-def test_none_overrides_keep_defaults_and_values_override():
-    cfg = load_config(YAML_PATH, overrides={"train.epochs": None, "train.batch_size": 7})
+def test_off_written_as_yaml_says_it_is_read_as_a_boolean():
+    with pytest.raises(ConfigError) as caught:
+        load_config(YAML_PATH, set_options=["hardware.mixed_precision=off"])
+    assert "hardware.mixed_precision = False (bool): expected auto | float32" in str(caught.value)
+    assert "YAML reads an unquoted off" in str(caught.value)
+    cfg = load_config(YAML_PATH, set_options=["hardware.mixed_precision=float32",
+                                              "data.folds=none", "data.class_names=[a, b]"])
+    assert (cfg.hardware.mixed_precision, cfg.data.folds) == ("float32", "none")
+
+
+@pytest.mark.parametrize("old, new", sorted(MOVED.items()))
+def test_a_moved_key_names_its_new_place(old, new):
+    assert f"'{old}' (from overrides) moved to '{new}'" in problems_of(**{old: 1})
+    assert new in RULES
+
+
+def test_notebook_parameters_keep_the_file_value_when_none_and_overrides_win():
+    cfg = notebook_config(YAML_PATH, {"train.batch_size": 7}, epochs=None, learning_rate=0.01)
     defaults = yaml.safe_load(YAML_PATH.read_text())
     assert cfg.train.epochs == defaults["train"]["epochs"]
-    assert cfg.train.batch_size == 7
+    assert (cfg.train.batch_size, cfg.train.learning_rate) == (7, 0.01)
+    assert set(NOTEBOOK_PARAMETERS.values()) <= set(RULES)
+    with pytest.raises(ConfigError, match="unknown notebook parameter.*epoch.*set other keys"):
+        notebook_config(YAML_PATH, epoch=3)
+    with pytest.raises(ConfigError, match="data.near_duplicate_distance = None .*null is no"):
+        notebook_config(YAML_PATH, {"data.near_duplicate_distance": None})
+
+
+def test_imgcls_config_names_the_config_used_when_none_is_given(tmp_path, monkeypatch):
+    other = tmp_path / "elsewhere" / CONFIG_RELATIVE_PATH
+    other.parent.mkdir(parents=True)
+    other.write_text(YAML_PATH.read_text().replace("epochs: 40 ", "epochs: 7 "))
+    monkeypatch.setenv(CONFIG_VARIABLE, str(other))
+    cfg = load_config()
+    assert cfg.train.epochs == 7 and cfg.root == tmp_path / "elsewhere"
+    assert load_config(YAML_PATH).train.epochs == 40
 
 
 def test_set_options_are_parsed_as_yaml_values():

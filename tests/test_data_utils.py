@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgcls_utils import data_utils, pipeline
+from imgcls_utils import data_utils, model_utils
 from imgcls_utils.data_utils import DataError
 from tests.conftest import write_image
 from tests.sample_files import make_messy_folder, tree_hashes
@@ -43,9 +43,9 @@ def test_settings_that_shape_the_output_rebuild_and_cache_settings_do_not(class_
     assert not data_utils.prepare_data(make_config(**small(class_folder, **setting))).reused
 
 
-def test_manifest_has_path_label_split_hash_group_and_fold(class_folder, make_config):
+def test_split_table_has_path_label_split_hash_group_and_fold(class_folder, make_config):
     prepared = data_utils.prepare_data(make_config(**small(class_folder, **{"data.folds": 2})))
-    saved = pd.read_csv(prepared.folder / "manifest.csv")
+    saved = pd.read_csv(prepared.folder / "split.csv")
     assert {"path", "label", "split", "sha256", "group", "fold"} <= set(saved.columns)
     assert set(saved.loc[saved["split"] != "test", "fold"]) == {0, 1}
 
@@ -53,14 +53,14 @@ def test_manifest_has_path_label_split_hash_group_and_fold(class_folder, make_co
 def test_training_shards_mix_the_classes(class_folder, make_config):
     prepared = data_utils.prepare_data(make_config(**small(class_folder)))
     labels = np.concatenate([y.numpy() for _, y in data_utils.make_dataset(prepared, "train", 64)])
-    assert sorted(labels) == sorted(prepared.manifest.query("split == 'train'")["label"].map(
+    assert sorted(labels) == sorted(prepared.images.query("split == 'train'")["label"].map(
         {name: i for i, name in enumerate(prepared.class_names)}))
     assert (np.diff(labels) != 0).sum() > 6  # sorted by class would change label only twice
 
 
-def test_evaluation_datasets_keep_the_manifest_order_across_shards(class_folder, make_config,
+def test_evaluation_datasets_keep_the_split_table_order_across_shards(class_folder, make_config,
                                                                    monkeypatch):
-    monkeypatch.setattr(data_utils, "SHARD_SIZE", 2)
+    monkeypatch.setattr("imgcls_utils.processed.SHARD_SIZE", 2)
     prepared = data_utils.prepare_data(make_config(**small(class_folder, **{
         "data.val_fraction": 0.3, "data.train_fraction": 0.55})))
     assert len(prepared.shards("val")) > 2
@@ -73,9 +73,9 @@ def test_evaluation_datasets_keep_the_manifest_order_across_shards(class_folder,
 def test_cache_auto_caches_what_fits_in_the_budget(class_folder, make_config):
     prepared = data_utils.prepare_data(make_config(**small(class_folder)))
     assert prepared.decoded_bytes() == 30 * 16 * 16
-    assert data_utils.use_cache(prepared, make_config(**{"data.cache_budget_mb": 1}).data)
-    assert not data_utils.use_cache(prepared, make_config(**{"data.cache_budget_mb": 0}).data)
-    assert not data_utils.use_cache(prepared, make_config(**{"data.cache": False}).data)
+    assert data_utils.should_cache(prepared, make_config(**{"data.cache_budget_mb": 1}).data)
+    assert not data_utils.should_cache(prepared, make_config(**{"data.cache_budget_mb": 0}).data)
+    assert not data_utils.should_cache(prepared, make_config(**{"data.cache": False}).data)
 
 
 def test_datasets_stream_all_images_and_augment_only_training(class_folder, make_config):
@@ -121,7 +121,7 @@ def test_a_messy_source_is_trained_on_and_left_exactly_as_it_was(tmp_path, make_
                          "train.verbose": 0})
     scan = data_utils.scan_source(cfg)
     assert set(scan.skipped["path"]) == set(expected_skips)
-    folder, metrics = pipeline.train_and_save(cfg)
-    assert (folder / "model.keras").is_file()
-    assert metrics["test_images"] == data_utils.prepare_data(cfg).count("test")
+    run = model_utils.train(cfg)
+    assert (run.model_folder / "model.keras").is_file()
+    assert run.evaluation.metrics["test_images"] == data_utils.prepare_data(cfg).count("test")
     assert (tree_hashes(source), tree_hashes(outside)) == before

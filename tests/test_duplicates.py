@@ -3,7 +3,7 @@ import pandas as pd
 
 from imgcls_utils import duplicates
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
-from imgcls_utils.scan import scan_image_folder
+from imgcls_utils.data_utils import scan_image_folder
 from tests.sample_files import write_copy, write_photo
 
 
@@ -55,6 +55,6 @@ def test_a_resized_jpeg_copy_in_another_class_is_found_as_a_conflict(tmp_path, p
         ["cat/2.png", "cat", "near", True], ["dog/copy.jpg", "dog", "near", True]]
     assert len(scan.images) == 7
     exact_only_config = load_config(project / CONFIG_RELATIVE_PATH,
-                                    set_options=["data.near_duplicate_distance=null"])
+                                    set_options=["data.near_duplicate_distance=none"])
     exact_only = scan_image_folder(folder, exact_only_config.data)
     assert exact_only.duplicates.empty and len(exact_only.images) == 9

@@ -13,15 +13,17 @@ def test_per_class_report_matches_hand_counts():
     assert report.loc["c", "f1"] == 0.0 and report["support"].tolist() == [2, 2, 1]
 
 
-def test_evaluate_model_on_a_model_with_known_answers():
+def test_metrics_of_a_model_with_known_answers():
     # A fixed "model" that predicts class = argmax of the first three input values.
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Softmax()(inputs * 100.0))
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x = np.eye(3, dtype="float32")[[0, 1, 2, 2]]
     y = np.array([0, 1, 2, 1])
-    metrics = evaluation.evaluate_model(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(2),
-                                        ["a", "b", "c"])
+    y_true, probabilities = evaluation.labels_and_probabilities(
+        model, tf.data.Dataset.from_tensor_slices((x, y)).batch(2))
+    np.testing.assert_array_equal(y_true, y)
+    metrics = evaluation.classification_metrics(y_true, probabilities, ["a", "b", "c"])
     assert metrics["test_accuracy"] == 0.75 and metrics["test_images"] == 4
     assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
     assert metrics["per_class"]["b"]["recall"] == 0.5

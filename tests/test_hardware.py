@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from imgcls_utils import data_utils, hardware
-from imgcls_utils.hardware import HardwareError
+from imgcls_utils import data_utils, hardware, model_utils
+from imgcls_utils.model_utils import HardwareError
 from imgcls_utils.runtime import keras, tf
 
 ON_CPU = not tf.config.list_physical_devices("GPU")
@@ -22,12 +22,12 @@ def test_auto_on_cpu_means_default_strategy_no_xla_and_bfloat16_where_native(
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     monkeypatch.setattr(hardware, "CPUINFO", cpuinfo)
-    chosen = hardware.choose_hardware(make_config().train)
+    chosen = model_utils.choose_hardware(make_config().hardware)
     assert chosen.strategy is tf.distribute.get_strategy() and chosen.is_chief
     assert (chosen.precision, chosen.jit_compile, chosen.steps_per_execution) == (precision, False, 1)
     assert chosen.describe() == ("strategy default (1 replica(s)), devices /device:CPU:0, "
                                  f"precision {precision}, XLA off, steps_per_execution 1")
-    assert chosen.manifest()["strategy"] == "default"
+    assert chosen.to_dict()["strategy"] == "default"
 
 
 def test_without_cpuinfo_the_cpu_stays_float32(tmp_path):
@@ -35,9 +35,9 @@ def test_without_cpuinfo_the_cpu_stays_float32(tmp_path):
 
 
 def test_explicit_choices_win(make_config):
-    chosen = hardware.choose_hardware(make_config(**{
-        "train.strategy": "cpu", "train.mixed_precision": "mixed_bfloat16",
-        "train.jit_compile": True, "train.steps_per_execution": 4}).train)
+    chosen = model_utils.choose_hardware(make_config(**{
+        "hardware.strategy": "cpu", "hardware.mixed_precision": "mixed_bfloat16",
+        "hardware.jit_compile": True, "hardware.steps_per_execution": 4}).hardware)
     assert isinstance(chosen.strategy, tf.distribute.OneDeviceStrategy)
     assert chosen.devices == ["/job:localhost/replica:0/task:0/device:CPU:0"]
     assert (chosen.precision, chosen.jit_compile, chosen.steps_per_execution) == \
@@ -45,7 +45,7 @@ def test_explicit_choices_win(make_config):
 
 
 def test_the_precision_applies_inside_the_scope_only(make_config):
-    chosen = hardware.choose_hardware(make_config(**{"train.mixed_precision": "mixed_float16"}).train)
+    chosen = model_utils.choose_hardware(make_config(**{"hardware.mixed_precision": "mixed_float16"}).hardware)
     with chosen.scope():
         assert keras.config.dtype_policy().name == "mixed_float16"
     assert keras.config.dtype_policy().name == "float32"
@@ -62,7 +62,7 @@ def test_impossible_hardware_settings_are_clear_errors(make_config, monkeypatch,
     else:
         monkeypatch.setenv("TF_CONFIG", env)
     with pytest.raises(HardwareError, match=message):
-        hardware.choose_hardware(make_config(**{"train.strategy": strategy}).train)
+        model_utils.choose_hardware(make_config(**{"hardware.strategy": strategy}).hardware)
 
 
 def free_port() -> int:
@@ -89,7 +89,7 @@ def test_two_workers_train_together_and_only_the_chief_saves(project, make_confi
     assert "strategy MultiWorkerMirroredStrategy (2 replica(s))" in chief_out
     assert "model folder:" in chief_out and "the chief worker evaluates and saves" in other_out
     folders = sorted(p.name for p in (project / "Trained_Models").iterdir())
-    assert len(folders) == 1 and not folders[0].endswith(".partial")
+    assert len(folders) == 1 and not folders[0].endswith(".resumable")
     manifest = json.loads((project / "Trained_Models" / folders[0] / "manifest.json").read_text())
     assert manifest["hardware"]["strategy"] == "MultiWorkerMirroredStrategy"
     assert manifest["hardware"]["replicas"] == 2

@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from imgcls_utils import model_utils, pipeline
+from imgcls_utils import model_utils
 from imgcls_utils.errors import UserError
-from imgcls_utils.model_folders import file_hashes
+from imgcls_utils.model_folders import file_hashes, model_name
 from imgcls_utils.model_utils import ModelFolderError
 from tests.conftest import write_image
 from tests.test_models import SMALL, TINY_TRANSFER
@@ -20,14 +20,14 @@ RUN = {**SMALL, "train.epochs": 2, "train.verbose": 0}
 @pytest.fixture
 def trained(project, make_config, class_folder):
     cfg = make_config(**RUN, **{"data.source": str(class_folder)})
-    folder, metrics = pipeline.train_and_save(cfg)
-    return cfg, folder, metrics
+    run = model_utils.train(cfg)
+    return cfg, run.model_folder, run.evaluation.metrics
 
 
-def test_train_and_save_writes_a_complete_folder(trained):
+def test_train_writes_a_complete_folder_named_for_the_source_and_family(trained):
     cfg, folder, metrics = trained
-    assert folder.parent == cfg.path("models_dir") and folder.name.startswith("digits_cnn_")
-    assert not list(cfg.path("models_dir").glob("*.partial"))
+    assert folder.parent == cfg.path("models_dir") and folder.name.startswith("images_cnn_")
+    assert not list(cfg.path("models_dir").glob("*.resumable"))
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert [name for name in files if not name.startswith("logs/")] == [
         "class_names.json", "config.yaml", "figures/confusion_matrix.png",
@@ -43,8 +43,9 @@ def test_train_and_save_writes_a_complete_folder(trained):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["seed"] == cfg.data.seed and manifest["versions"]["tensorflow"]
     assert manifest["data_fingerprint"]
-    assert manifest["hardware"]["precision"] == model_utils.choose_hardware(cfg.train).precision
+    assert manifest["hardware"]["precision"] == model_utils.choose_hardware(cfg.hardware).precision
     assert set(manifest["files"]) == set(files) - {"manifest.json"}
+    assert model_utils.saved_files(folder) == [name for name in files if not name.startswith("logs/")]
 
 
 def test_loaded_model_predicts_like_the_trained_one(trained, class_folder):
@@ -82,7 +83,7 @@ def test_damaged_or_unfinished_folders_are_refused(trained):
     (folder / "manifest.json").unlink()
     with pytest.raises(ModelFolderError, match="not a finished model folder"):
         model_utils.load_model_folder(folder)
-    partial = folder.with_name(folder.name + ".partial")
+    partial = folder.with_name(folder.name + ".resumable")
     folder.rename(partial)
     with pytest.raises(ModelFolderError, match="unfinished training run.*--resume"):
         model_utils.load_model_folder(partial)
@@ -109,7 +110,7 @@ def test_a_corrupt_model_file_with_a_matching_hash_is_still_a_clear_error(traine
 def test_transfer_and_mlp_models_train_save_and_predict(make_config, class_folder):
     for family in ({"model.family": "mlp"}, TINY_TRANSFER):
         cfg = make_config(**{**RUN, **family, "train.epochs": 1, "data.source": str(class_folder)})
-        folder, _ = pipeline.train_and_save(cfg)
+        folder = model_utils.train(cfg).model_folder
         model, class_names, config = model_utils.load_model_folder(folder)
         [(_, top)] = model_utils.predict_files(model, class_names, config,
                                                [class_folder / "fox" / "3.png"], 3)
@@ -118,25 +119,38 @@ def test_transfer_and_mlp_models_train_save_and_predict(make_config, class_folde
 
 def test_model_folder_names_never_collide(make_config):
     cfg = make_config()
-    first = model_utils.new_model_folder(cfg)
-    second = model_utils.new_model_folder(cfg)
+    first = model_utils.new_run_folder(cfg)
+    second = model_utils.new_run_folder(cfg)
     assert first != second
-    taken = first.with_name(first.name.removesuffix(".partial"))
+    taken = first.with_name(first.name.removesuffix(".resumable"))
     taken.mkdir()
     with pytest.raises(ModelFolderError, match="already exists"):
-        model_utils.new_model_folder(cfg, final=taken)
+        model_utils.new_run_folder(cfg, final=taken)
+
+
+@pytest.mark.parametrize("settings, name", [
+    ({}, "digits_cnn"),
+    ({"data.source": "/photos/pets", "model.family": "mlp"}, "pets_mlp"),
+    ({"data.source": "idx:/usr/share/datasets/fashion-mnist/", "model.family": "transfer",
+      "transfer.backbone": "resnet50"}, "fashion-mnist_resnet50"),
+    ({"data.source": "tfds:tf_flowers", "model.name": "flowers-v2"}, "flowers-v2"),
+])
+def test_model_folders_are_named_for_what_was_trained(make_config, settings, name):
+    cfg = make_config(**settings)
+    assert model_name(cfg) == name
+    assert model_utils.unused_model_folder_name(cfg).name.startswith(f"{name}_")
 
 
 def test_unfinished_runs_are_found_by_path_or_name(make_config):
     cfg = make_config()
-    partial = model_utils.new_model_folder(cfg)
+    run_folder = model_utils.new_run_folder(cfg)
     models_dir = cfg.path("models_dir")
-    final_name = partial.name.removesuffix(".partial")
-    assert model_utils.find_unfinished_run(partial, models_dir) == partial
-    assert model_utils.find_unfinished_run(final_name, models_dir) == partial
-    assert model_utils.find_unfinished_run(partial.name, models_dir) == partial
-    assert model_utils.run_config(partial, cfg.root).to_dict() == cfg.to_dict()
-    with pytest.raises(ModelFolderError, match=f"unfinished runs there: {partial.name}"):
+    final_name = run_folder.name.removesuffix(".resumable")
+    assert model_utils.find_unfinished_run(run_folder, models_dir) == run_folder
+    assert model_utils.find_unfinished_run(final_name, models_dir) == run_folder
+    assert model_utils.find_unfinished_run(run_folder.name, models_dir) == run_folder
+    assert model_utils.run_config(run_folder, cfg.root).to_dict() == cfg.to_dict()
+    with pytest.raises(ModelFolderError, match=f"unfinished runs there: {run_folder.name}"):
         model_utils.find_unfinished_run("nope", models_dir)
 
 
@@ -145,7 +159,8 @@ def test_same_seed_gives_same_initial_weights(make_config):
     weights = []
     for _ in range(2):
         model_utils.set_seed(3)
-        weights.append(model_utils.build_model(cfg.model, (16, 16, 1), 3).get_weights()[0])
+        weights.append(model_utils.build_model(cfg.model, cfg.transfer, (16, 16, 1), 3)
+                       .get_weights()[0])
     np.testing.assert_array_equal(*weights)
 
 

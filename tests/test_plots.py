@@ -3,7 +3,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from imgcls_utils import plots
-from imgcls_utils.scan import scan_image_folder
+from imgcls_utils.data_utils import scan_image_folder
 from tests.sample_files import write_copy, write_photo
 
 
@@ -40,4 +40,20 @@ def test_top_losses_are_shown_with_predicted_and_true_class(class_folder):
     shown = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in shown] == ["dog 0.70\ntrue cat 0.10", "fox 0.40\ntrue fox 0.40"]
     assert shown[0].images[0].get_array().shape == (8, 8, 3)
+    plt.close("all")
+
+
+def test_training_curves_have_whole_epochs_and_mark_the_best_one():
+    import pandas as pd
+
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "accuracy": [0.5, 0.6, 0.7, 0.8, 0.9],
+                            "val_accuracy": [0.4, 0.6, 0.7, 0.65, 0.6],
+                            "loss": [1.0, 0.8, 0.6, 0.5, 0.4], "val_loss": [1.2, 0.9, 0.7, 0.8, 0.7]})
+    fig = plots.plot_training_curves(history)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--"] == [3]
+        assert "best epoch (3)" in [text.get_text() for text in ax.get_legend().get_texts()]
     plt.close("all")

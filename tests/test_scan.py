@@ -2,8 +2,9 @@ import os
 
 import pytest
 
+from imgcls_utils import data_utils
 from imgcls_utils import scan as scanning
-from imgcls_utils.errors import DataError
+from imgcls_utils.data_utils import DataError
 from tests.conftest import write_image
 from tests.sample_files import make_messy_folder, write_png_claiming_size, write_photo
 
@@ -28,7 +29,7 @@ def visible_entries(folder) -> set[str]:
 
 def test_every_file_is_used_or_skipped_with_its_reason(messy):
     folder, expected, data = messy
-    scan = scanning.scan_image_folder(folder, data)
+    scan = data_utils.scan_image_folder(folder, data)
     assert dict(zip(scan.skipped["path"], scan.skipped["problem"])) == expected
     assert scan.skipped["reason"].str.len().min() > 10
     assert set(scan.images["path"]) | set(scan.skipped["path"]) == visible_entries(folder)
@@ -37,7 +38,7 @@ def test_every_file_is_used_or_skipped_with_its_reason(messy):
 
 def test_every_format_mode_and_nesting_is_usable(messy):
     folder, _, data = messy
-    images = scanning.scan_image_folder(folder, data).images.set_index("path")
+    images = data_utils.scan_image_folder(folder, data).images.set_index("path")
     assert {"cat/upper.JPG", "cat/photo.jpeg", "dog/bitmap.bmp", "dog/modern.webp", "dog/scan.tif",
             "fox/scan.TIFF", "fox/nested/deeper/inner.png"} <= set(images.index)
     assert images.loc["fox/nested/deeper/inner.png", "label"] == "fox"
@@ -48,9 +49,9 @@ def test_every_format_mode_and_nesting_is_usable(messy):
 
 def test_animated_images_are_used_and_reported(messy):
     folder, _, data = messy
-    scan = scanning.scan_image_folder(folder, data)
+    scan = data_utils.scan_image_folder(folder, data)
     assert scanning.animated_images(scan)["path"].tolist() == ["fox/animated.gif"]
-    assert "fox/animated.gif: GIF, 2 frames" in scanning.scan_report(scan)
+    assert "fox/animated.gif: GIF, 2 frames" in data_utils.scan_report(scan)
 
 
 def test_oversized_images_are_judged_by_header_and_never_decoded(tmp_path, make_config):
@@ -60,7 +61,7 @@ def test_oversized_images_are_judged_by_header_and_never_decoded(tmp_path, make_
     # Only the header is valid: decoding either file would report "corrupt", not "too large".
     write_png_claiming_size(folder / "a" / "over_the_setting.png", 2000, 2000)
     write_png_claiming_size(folder / "b" / "over_pillows_limit.png", 50_000, 50_000)
-    scan = scanning.scan_image_folder(folder, make_config(**{"data.max_pixels": 1_000_000}).data)
+    scan = data_utils.scan_image_folder(folder, make_config(**{"data.max_pixels": 1_000_000}).data)
     reasons = dict(zip(scan.skipped["path"], scan.skipped["reason"]))
     assert "4,000,000 pixels is over data.max_pixels = 1,000,000" in reasons["a/over_the_setting.png"]
     assert "decompression bomb" in reasons["b/over_pillows_limit.png"]
@@ -71,12 +72,12 @@ def test_without_settings_only_pillows_limit_applies(tmp_path):
     folder = tmp_path / "images"
     for label in ("a", "b"):
         write_image(folder / label / "small.png", size=(3, 2), seed=ord(label))
-    assert len(scanning.scan_image_folder(folder).images) == 2
+    assert len(data_utils.scan_image_folder(folder).images) == 2
 
 
 def test_conflicting_copies_are_excluded_and_reported(messy):
     folder, _, data = messy
-    scan = scanning.scan_image_folder(folder, data)
+    scan = data_utils.scan_image_folder(folder, data)
     conflicts = scan.duplicates[scan.duplicates["conflict"]]
     assert sorted(conflicts["path"]) == ["cat/same_as_dog_good0.png", "dog/good0.png"]
     assert not set(conflicts["path"]) & set(scan.images["path"])
@@ -86,7 +87,7 @@ def test_conflicting_copies_are_excluded_and_reported(messy):
 
 def test_report_lists_counts_imbalance_skips_and_groups(messy):
     folder, _, data = messy
-    report = scanning.scan_report(scanning.scan_image_folder(folder, data))
+    report = data_utils.scan_report(data_utils.scan_image_folder(folder, data))
     assert "usable images: 38 in 3 classes; skipped files: 16" in report
     assert "class imbalance: largest fox (14), smallest cat (12), ratio 1.17" in report
     assert "dog/tiny.png: 4 x 6 pixels is below data.min_image_size" in report
@@ -96,8 +97,8 @@ def test_report_lists_counts_imbalance_skips_and_groups(messy):
 
 def test_class_counts_and_imbalance(class_folder):
     write_image(class_folder / "cat" / "extra.png", seed=4242)
-    images = scanning.scan_image_folder(class_folder).images
-    assert scanning.class_counts(images)["images"].tolist() == [11, 10, 10]
+    images = data_utils.scan_image_folder(class_folder).images
+    assert data_utils.class_counts(images)["images"].tolist() == [11, 10, 10]
     assert scanning.class_imbalance(images) == {"largest": "cat", "largest_images": 11,
                                                 "smallest": "dog", "smallest_images": 10,
                                                 "ratio": 1.1}
@@ -106,25 +107,25 @@ def test_class_counts_and_imbalance(class_folder):
 def test_empty_class_single_class_and_nothing_usable_are_clear_errors(class_folder, tmp_path):
     (class_folder / "empty_class").mkdir()
     with pytest.raises(DataError, match="empty_class"):
-        scanning.scan_image_folder(class_folder)
+        data_utils.scan_image_folder(class_folder)
     single = tmp_path / "single"
     write_image(single / "only" / "a.png")
     with pytest.raises(DataError, match="at least 2"):
-        scanning.scan_image_folder(single)
+        data_utils.scan_image_folder(single)
     junk = tmp_path / "junk"
     (junk / "a").mkdir(parents=True)
     (junk / "a" / "x.png").write_text("no")
     (junk / "a" / "y.png").write_bytes(b"")
     with pytest.raises(DataError, match=r"no usable images \(1 empty, 1 not an image\)"):
-        scanning.scan_image_folder(junk)
+        data_utils.scan_image_folder(junk)
 
 
 def test_samples_and_statistics(class_folder, make_config):
     cfg = make_config(**{"data.image_size": [8, 8], "data.channels": 3})
-    scan = scanning.scan_image_folder(class_folder)
-    images, labels = scanning.load_samples(scan, 2, cfg.data)
+    scan = data_utils.scan_image_folder(class_folder)
+    images, labels = data_utils.load_samples(scan, 2, cfg.data)
     assert images.shape == (6, 8, 8, 3) and labels.tolist() == [0, 0, 1, 1, 2, 2]
-    stats = scanning.pixel_statistics(scan, cfg.data)
+    stats = data_utils.pixel_statistics(scan, cfg.data)
     assert list(stats.index) == ["red", "green", "blue"]
     assert (stats["min"] >= 0).all() and (stats["max"] <= 255).all()
 
@@ -132,7 +133,7 @@ def test_samples_and_statistics(class_folder, make_config):
 def test_the_cache_skips_unchanged_files_and_catches_edited_ones(class_folder, tmp_path,
                                                                  monkeypatch):
     cache = tmp_path / "scan-cache.json"
-    first = scanning.scan_image_folder(class_folder, cache_file=cache)
+    first = data_utils.scan_image_folder(class_folder, cache_file=cache)
     inspected = []
     inspect = scanning._inspect
     monkeypatch.setattr(scanning, "_inspect", lambda folder, relative, limits: (
@@ -141,7 +142,7 @@ def test_the_cache_skips_unchanged_files_and_catches_edited_ones(class_folder, t
     stat = edited.stat()
     write_image(edited, seed=555)
     os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with its old mtime
-    again = scanning.scan_image_folder(class_folder, cache_file=cache)
+    again = data_utils.scan_image_folder(class_folder, cache_file=cache)
     assert inspected == ["dog/3.png"]
     changed = again.images["sha256"] != first.images["sha256"]
     assert again.images.loc[changed, "path"].tolist() == ["dog/3.png"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls_utils import sources
-from imgcls_utils.errors import DataError
+from imgcls_utils import data_utils, sources
+from imgcls_utils.data_utils import DataError
 from tests.sample_files import tree_hashes
 
 
@@ -62,7 +62,7 @@ def test_idx_materialization_is_idempotent_and_checks_its_settings(idx_folder, t
     for file in idx_folder.iterdir():
         file.unlink()  # the marker answers: the IDX files are not even read again
     assert sources.materialize_idx(idx_folder, raw) == folder and tree_hashes(folder) == before
-    with pytest.raises(DataError, match="data.class_names = None, not from .* with \\['a', 'b', 'c'\\]"):
+    with pytest.raises(DataError, match="data.class_names = auto, not from .* with \\['a', 'b', 'c'\\]"):
         sources.materialize_idx(idx_folder, raw, ["a", "b", "c"])
     assert tree_hashes(folder) == before
 
@@ -99,12 +99,12 @@ def test_wrong_number_of_class_names_is_a_clear_error(idx_folder, tmp_path):
 def test_resolve_source_routes_each_kind(idx_folder, tmp_path, make_config):
     raw = tmp_path / "raw"
     idx = make_config(**{"data.source": f"idx:{idx_folder}"}).data
-    assert sources.resolve_source(idx, raw) == raw / "idx-tiny-mnist"
+    assert data_utils.resolve_source(idx, raw) == raw / "idx-tiny-mnist"
     named_folder = make_config(**{"data.source": str(idx_folder), "data.class_names": ["a", "b"]})
     with pytest.raises(DataError, match="class names of folder .* are its sub-folder names"):
-        sources.resolve_source(named_folder.data, raw)
+        data_utils.resolve_source(named_folder.data, raw)
     with pytest.raises(DataError, match="folder .*nowhere does not exist"):
-        sources.resolve_source(make_config(**{"data.source": "nowhere"}).data, raw)
+        data_utils.resolve_source(make_config(**{"data.source": "nowhere"}).data, raw)
 
 
 @pytest.fixture

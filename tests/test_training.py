@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgcls_utils import data_utils, model_utils, pipeline, training
+from imgcls_utils import data_utils, model_utils, training
 from imgcls_utils.checkpoints import RunCheckpoint, RunState
 from imgcls_utils.errors import UserError
 from imgcls_utils.runtime import keras
@@ -56,11 +56,13 @@ def test_optimizers_follow_the_config(make_config):
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.8 and sgd.nesterov
 
 
-def test_balanced_class_weights_make_every_class_count_the_same():
-    weights = training.balanced_class_weights([30, 10, 0, 20])
+def test_balanced_class_weights_make_every_class_count_the_same(make_config):
+    train = make_config(**{"train.class_weight": "balanced"}).train
+    weights = training.class_weights(train, [30, 10, 0, 20])
     assert weights == pytest.approx({0: 0.5, 1: 1.5, 3: 0.75})
     assert {label: weights[label] * count for label, count in [(0, 30), (1, 10), (3, 20)]} \
         == pytest.approx({0: 15, 1: 15, 3: 15})
+    assert training.class_weights(make_config().train, [30, 10, 0, 20]) is None
 
 
 def test_class_weight_comes_from_the_training_split(make_config, class_folder):
@@ -68,7 +70,10 @@ def test_class_weight_comes_from_the_training_split(make_config, class_folder):
         path.unlink()
     cfg = make_config(**{**SMALL, "data.source": str(class_folder),
                          "train.class_weight": "balanced"})
-    weights = pipeline.class_weight(cfg, data_utils.prepare_data(cfg))
+    prepared = data_utils.prepare_data(cfg)
+    counts = prepared.label_counts("train")
+    assert sum(counts) == prepared.count("train") and counts[0] < counts[1] == counts[2]
+    weights = training.class_weights(cfg.train, counts)
     assert weights[0] > weights[1] == pytest.approx(weights[2])
 
 
@@ -77,8 +82,8 @@ def small_run(make_config, class_folder, **overrides):
     cfg = make_config(**{**SMALL, "data.source": str(class_folder), "train.verbose": 0,
                          **overrides})
     prepared = data_utils.prepare_data(cfg)
-    datasets = pipeline.make_datasets(cfg, prepared)
-    model = model_utils.build_model(cfg.model, prepared.input_shape, 3)
+    datasets = data_utils.make_datasets(cfg, prepared)
+    model = model_utils.build_model(cfg.model, cfg.transfer, prepared.input_shape, 3)
     model_utils.compile_model(model, cfg.train, len(datasets["train"]))
     return cfg, datasets, model
 
@@ -86,11 +91,11 @@ def small_run(make_config, class_folder, **overrides):
 def test_nan_loss_stops_the_run_as_failed_and_unfinished(make_config, class_folder):
     cfg, datasets, model = small_run(make_config, class_folder)
     model.get_layer("probabilities").bias.assign(np.full(3, np.nan))  # as if it had diverged
-    work_dir = model_utils.new_model_folder(cfg)
-    with pytest.raises(training.TrainingDiverged, match="loss became nan in epoch 1.*unfinished"):
-        model_utils.train_model(model, datasets["train"], datasets["val"], cfg.train, work_dir)
-    assert [p.name for p in cfg.path("models_dir").iterdir()] == [work_dir.name]
-    assert work_dir.name.endswith(".partial")
+    run_folder = model_utils.new_run_folder(cfg)
+    with pytest.raises(model_utils.TrainingDiverged, match="loss became nan in epoch 1.*unfinished"):
+        model_utils.train_model(model, datasets, cfg.train, cfg.transfer, run_folder)
+    assert [p.name for p in cfg.path("models_dir").iterdir()] == [run_folder.name]
+    assert run_folder.name.endswith(".resumable")
 
 
 class CrashAtEpoch(keras.callbacks.Callback):
@@ -109,15 +114,14 @@ def test_two_phase_transfer_run_resumes_inside_fine_tuning(make_config, class_fo
     weights = tmp_path / "backbone.weights.h5"
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3),
                                    alpha=0.35).save_weights(weights)
-    overrides = {**TINY_TRANSFER, "model.weights": str(weights), "model.fine_tune_layers": 5,
-                 "train.epochs": 2, "train.fine_tune_epochs": 2, "train.lr_schedule": "cosine"}
+    overrides = {**TINY_TRANSFER, "transfer.weights": str(weights), "transfer.fine_tune_layers": 5,
+                 "train.epochs": 2, "transfer.fine_tune_epochs": 2, "train.lr_schedule": "cosine"}
     cfg, datasets, model = small_run(make_config, class_folder, **overrides)
-    work_dir = model_utils.new_model_folder(cfg)
-    run = dict(fine_tune_layers=5, train_ds=datasets["train"], val_ds=datasets["val"],
-               train=cfg.train, work_dir=work_dir)
+    run_folder = model_utils.new_run_folder(cfg)
+    run = dict(datasets=datasets, train=cfg.train, transfer=cfg.transfer, run_folder=run_folder)
     with pytest.raises(RuntimeError, match="power cut"):
         model_utils.train_model(model, **run, callbacks=[CrashAtEpoch(3)])
-    state = json.loads((work_dir / "checkpoints" / "state.json").read_text())
+    state = json.loads((run_folder / "checkpoints" / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
     assert state["phases"]["train"]["finished"] and not state["phases"]["fine_tune"]["finished"]
 
@@ -126,7 +130,7 @@ def test_two_phase_transfer_run_resumes_inside_fine_tuning(make_config, class_fo
     assert history["epoch"].tolist() == [1, 2, 3, 4]
     assert history["phase"].tolist() == ["train", "train", "fine_tune", "fine_tune"]
     assert history["learning_rate"].iloc[2] < history["learning_rate"].iloc[1]
-    assert pd.read_csv(work_dir / "history.csv")["epoch"].tolist() == [1, 2, 3, 4]
+    assert pd.read_csv(run_folder / "history.csv")["epoch"].tolist() == [1, 2, 3, 4]
 
 
 def test_early_stopping_counters_continue_after_a_resume(tmp_path):
@@ -161,7 +165,7 @@ def test_a_run_killed_mid_way_resumes_and_has_every_epoch_once(project, class_fo
                                stderr=subprocess.PIPE, text=True)
     models_dir = project / "Trained_Models"
     try:
-        partial = wait_until(lambda: next(models_dir.glob("*.partial"), None), process)
+        partial = wait_until(lambda: next(models_dir.glob("*.resumable"), None), process)
         history = partial / "history.csv"
         wait_until(lambda: history.is_file() and len(history.read_text().splitlines()) > 3,
                    process)
@@ -175,7 +179,7 @@ def test_a_run_killed_mid_way_resumes_and_has_every_epoch_once(project, class_fo
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"after epoch {killed_after}" in resumed.stdout
-    final = partial.with_name(partial.name.removesuffix(".partial"))
+    final = partial.with_name(partial.name.removesuffix(".resumable"))
     assert [p.name for p in models_dir.iterdir()] == [final.name]
     assert pd.read_csv(final / "history.csv")["epoch"].tolist() == list(range(1, 13))
     model, class_names, _ = model_utils.load_model_folder(final)
@@ -195,7 +199,7 @@ def test_resume_refuses_overrides_and_finished_runs(project):
 def test_runs_with_the_same_seed_and_deterministic_ops_train_identically(project, class_folder):
     options = ["--set", f"data.source={class_folder}", "--set", "data.image_size=[16,16]",
                "--set", "model.conv_filters=[8]", "--set", "train.epochs=3",
-               "--set", "train.deterministic=true", "--set", "train.verbose=0"]
+               "--set", "hardware.deterministic=true", "--set", "train.verbose=0"]
     histories = []
     for _ in range(2):  # in fresh processes: op determinism cannot be switched off again
         done, _ = imgcls("train", *options, cwd=project)

@@ -1,0 +1,97 @@
+"""The input pipeline: Processed_Data shards -> tf.data batches, and the training augmentation.
+
+Records are parsed in parallel, cached in memory as uint8 when they fit, shuffled (training),
+batched, augmented on the fly (training only) and prefetched. Pixels stay in [0, 255]: every
+model scales them itself, so a saved model needs nothing but an image.
+"""
+
+from __future__ import annotations
+
+from .config import Config, Section
+from .processed import PreparedData
+from .split import SPLITS
+
+READ_BUFFER_BYTES = 1 << 20
+
+
+def should_cache(prepared: PreparedData, data: Section) -> bool:
+    """Whether to keep the decoded images in memory: ``data.cache``, where ``auto`` means when
+    the decoded images of all splits fit within ``data.cache_budget_mb``; otherwise every epoch
+    streams from the shards."""
+    if data.cache == "auto":
+        return prepared.decoded_bytes() <= data.cache_budget_mb * (1 << 20)
+    return data.cache
+
+
+def make_datasets(cfg: Config, prepared: PreparedData) -> dict:
+    """Train (shuffled, augmented), val and test datasets of a prepared dataset."""
+    augmentation = build_augmentation(cfg.augment, cfg.data.seed)
+    return {split: make_dataset(prepared, split, cfg.train.batch_size, training=split == "train",
+                                cache=should_cache(prepared, cfg.data),
+                                augmentation=augmentation, seed=cfg.data.seed)
+            for split in SPLITS}
+
+
+def make_dataset(prepared: PreparedData, split: str, batch_size: int, *, training: bool = False,
+                 augmentation=None, cache: bool = True, seed: int = 0):
+    """Stream one split as batches of ``(float32 pixels in [0, 255], int label)``.
+
+    Records are parsed in parallel and, with ``cache``, kept in memory as uint8 after the first
+    epoch. Training batches are shuffled and, when ``augmentation`` is given, augmented on the
+    fly; validation and test batches are never augmented and keep the manifest's order
+    (``prepared.paths(split)``): their shards are read one after the other.
+    """
+    from .runtime import tf
+
+    autotune = tf.data.AUTOTUNE
+    shape = prepared.input_shape
+    features = {"image": tf.io.FixedLenFeature([], tf.string),
+                "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, features)
+        return tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), shape), example["label"]
+
+    def to_float(images, labels):
+        images = tf.cast(images, tf.float32)
+        if training and augmentation is not None:
+            images = augmentation(images, training=True)
+        return images, labels
+
+    dataset = tf.data.TFRecordDataset(prepared.shards(split), buffer_size=READ_BUFFER_BYTES,
+                                      num_parallel_reads=autotune if training else None)
+    # A known length lets Keras size its epochs instead of running into the end of the data.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(prepared.count(split)))
+    dataset = dataset.map(parse, num_parallel_calls=autotune)
+    if cache:
+        dataset = dataset.cache()  # uint8: a quarter of the memory float32 would take
+    if training:
+        dataset = dataset.shuffle(4 * batch_size + 1024, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(to_float, num_parallel_calls=autotune)
+    return dataset.prefetch(autotune)
+
+
+def build_augmentation(augment: Section, seed: int):
+    """The ``augment`` section as a Keras preprocessing pipeline, or None when it is disabled."""
+    from .runtime import keras
+
+    layers = keras.layers
+    steps = []
+    if augment.flip != "none":
+        steps.append(layers.RandomFlip(augment.flip, seed=seed, name="random_flip"))
+    if augment.rotation:
+        steps.append(layers.RandomRotation(augment.rotation, fill_mode="constant", seed=seed,
+                                           name="random_rotation"))
+    if augment.zoom:
+        steps.append(layers.RandomZoom(augment.zoom, fill_mode="constant", seed=seed,
+                                       name="random_zoom"))
+    if augment.translation:
+        steps.append(layers.RandomTranslation(augment.translation, augment.translation,
+                                              fill_mode="constant", seed=seed,
+                                              name="random_translation"))
+    if augment.contrast:
+        steps.append(layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed,
+                                           name="random_contrast"))
+    if not augment.enabled or not steps:
+        return None
+    return keras.Sequential(steps, name="augmentation")

@@ -1,0 +1,177 @@
+"""Processed_Data: the split images decoded once into uint8 TFRecord shards.
+
+``Processed_Data/<dataset>/`` holds the split table (``split.csv``: one row per image with its
+label, split, content hash, duplicate group and fold), the shards of each split, and
+``dataset.json`` with a fingerprint of every input file and setting: an unchanged run reuses
+the folder, any change rebuilds it, built out of sight and swapped in whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .config import Config, Section
+from .errors import DataError
+from .files import relative_files, staged
+from .images import DECODE_ERRORS, load_image, pixel_limit_checked_by_caller
+from .scan import ScanResult, scan_source
+from .split import SPLITS, split_images
+
+SHARD_SIZE = 2048
+DECODE_CHUNK = 256  # images decoded ahead of the writer: bounds memory for large image sizes
+# Bump when the shard or split table layout changes, so that older processed folders are rebuilt,
+# not misread.
+PROCESSED_FORMAT = 4
+# Settings that change how data is found or read, not what is written to Processed_Data.
+NOT_FINGERPRINTED = {"source", "cache", "cache_budget_mb"}
+SPLIT_TABLE = "split.csv"
+DATASET_INFO = "dataset.json"
+
+
+@dataclass
+class PreparedData:
+    """A split dataset materialized in Processed_Data, ready to stream: ``image_folder`` is the
+    source's folder of class folders, ``images`` the split table (paths relative to it)."""
+
+    folder: Path
+    image_folder: Path
+    images: pd.DataFrame
+    class_names: list[str]
+    image_size: tuple[int, int]
+    channels: int
+    fingerprint: str
+    reused: bool
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (*self.image_size, self.channels)
+
+    def count(self, split: str) -> int:
+        return int((self.images["split"] == split).sum())
+
+    def label_counts(self, split: str) -> list[int]:
+        """Images of each class in ``split``, in class order."""
+        counts = self.images.loc[self.images["split"] == split, "label"].value_counts()
+        return [int(counts.get(name, 0)) for name in self.class_names]
+
+    def paths(self, split: str) -> list[str]:
+        """The split's image paths (relative to ``image_folder``) in the order its shards hold
+        them, which is the order its dataset yields them when not training: what row ``i`` of
+        an evaluation's predictions refers to."""
+        return self.images.loc[self.images["split"] == split, "path"].tolist()
+
+    def shards(self, split: str) -> list[str]:
+        return sorted(str(p) for p in self.folder.glob(f"{split}-*.tfrecord"))
+
+    def decoded_bytes(self) -> int:
+        """Memory the decoded uint8 images of all splits take (what an in-memory cache holds)."""
+        return len(self.images) * int(np.prod(self.input_shape))
+
+    def files(self) -> list[str]:
+        """The files of the processed folder, relative to it."""
+        return relative_files(self.folder)
+
+
+def fingerprint(scan: ScanResult, data: Section) -> str:
+    """A hash of every used file's path, label and content plus every setting that shapes the
+    output (image size, split, limits, duplicate handling, class names...)."""
+    digest = hashlib.sha256()
+    settings = {key: value for key, value in data.items() if key not in NOT_FINGERPRINTED}
+    digest.update(json.dumps({"format": PROCESSED_FORMAT, **settings}, sort_keys=True).encode())
+    for row in scan.images.sort_values("path").itertuples():
+        digest.update(f"{row.path}\0{row.label}\0{row.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def processed_folder(source_folder: Path, processed_dir: Path) -> Path:
+    return Path(processed_dir) / Path(source_folder).name
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Scan the source, split it and materialize the shards, reusing them when nothing changed."""
+    scan = scan_source(cfg)
+    return prepare_from_scan(scan, cfg.data, cfg.path("processed_dir"))
+
+
+def prepare_from_scan(scan: ScanResult, data: Section, processed_dir: Path) -> PreparedData:
+    """Split and write the shards of a scan, unless the processed folder already matches it."""
+    folder = processed_folder(scan.folder, processed_dir)
+    key = fingerprint(scan, data)
+    info_path = folder / DATASET_INFO
+    reused = info_path.is_file() and json.loads(info_path.read_text())["fingerprint"] == key
+    if not reused:
+        _write_processed(scan, data, folder, key)
+    info = json.loads(info_path.read_text())
+    images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str})
+    return PreparedData(folder, scan.folder, images, info["class_names"],
+                        tuple(info["image_size"]), info["channels"], key, reused)
+
+
+def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str) -> None:
+    """Build the processed folder out of sight and swap it in only when complete."""
+    images = split_images(scan.images, data).drop(columns="phash")
+    class_index = {name: i for i, name in enumerate(scan.class_names)}
+    progress = tqdm(total=len(images), desc=f"preprocessing {scan.folder.name}", unit="img",
+                    leave=False, mininterval=1.0, disable=None)
+    written = []
+    with staged(folder) as building, pixel_limit_checked_by_caller(), \
+            ThreadPoolExecutor(os.cpu_count()) as pool:
+        for split in SPLITS:
+            rows = images[images["split"] == split]
+            if split == "train":
+                # Written in random order, so every shard mixes all classes: the shuffle buffer
+                # only mixes records that are near each other in the files.
+                rows = rows.sample(frac=1, random_state=data.seed)
+            _write_shards(rows, scan.folder, building / split, class_index, data, pool, progress)
+            written.append(rows)
+        progress.close()
+        images = pd.concat(written, ignore_index=True)  # in shard order: see PreparedData.paths
+        images.to_csv(building / SPLIT_TABLE, index=False)
+        info = {"fingerprint": key, "source": str(scan.folder), "class_names": scan.class_names,
+                "image_size": list(data.image_size), "channels": data.channels,
+                "counts": {s: int((images["split"] == s).sum()) for s in SPLITS}}
+        (building / DATASET_INFO).write_text(json.dumps(info, indent=2))
+
+
+def _write_shards(rows: pd.DataFrame, source: Path, prefix: Path, class_index: dict,
+                  data: Section, pool: ThreadPoolExecutor, progress: tqdm) -> None:
+    from .runtime import tf
+
+    count = max(1, -(-len(rows) // SHARD_SIZE))
+    for shard in range(count):
+        chunk = rows.iloc[shard * SHARD_SIZE:(shard + 1) * SHARD_SIZE]
+        examples = iter(zip(chunk["path"], chunk["label"]))
+        with tf.io.TFRecordWriter(f"{prefix}-{shard:05d}-of-{count:05d}.tfrecord") as writer:
+            while batch := list(islice(examples, DECODE_CHUNK)):
+                decoded = pool.map(lambda example: _decode(source / example[0], data), batch)
+                for pixels, (_, label) in zip(decoded, batch):
+                    writer.write(_example(pixels, class_index[label]))
+                    progress.update()
+
+
+def _decode(path: Path, data: Section) -> np.ndarray:
+    try:
+        return load_image(path, tuple(data.image_size), data.channels)
+    except DECODE_ERRORS as error:
+        raise DataError(f"{path} passed the scan but cannot be decoded now ({error}); it changed "
+                        "during the run: run again") from None
+
+
+def _example(pixels: np.ndarray, label: int) -> bytes:
+    from .runtime import tf
+
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels.tobytes()])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()

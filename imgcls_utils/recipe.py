@@ -1,0 +1,150 @@
+"""The training recipe: named steps from the hardware choice to a saved model folder.
+
+``imgcls train`` runs them in a row (``train``); the Model_Training notebook runs the same
+steps one per cell, so the two cannot drift apart::
+
+    run = TrainingRun(cfg)      # the hardware first: a multi-worker strategy must be set up
+                                # before TensorFlow runs anything
+    run.prepare_data()          # Processed_Data, and the datasets each worker reads its part of
+    run.build_and_compile()
+    run.fit()                   # resumable, in <name>_<timestamp>.resumable/
+    run.evaluate()              # the test split, once
+    run.save()                  # the model folder, published when complete
+
+In a multi-worker cluster every worker runs every step; only the chief's folder is kept, the
+other workers work and save in a private temporary folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .checkpoints import CHECKPOINT_DIR
+from .config import Config
+from .evaluation import classification_metrics, labels_and_probabilities
+from .hardware import choose_hardware
+from .input_pipeline import make_datasets
+from .model_folders import new_run_folder, resumable_folder, save_model_folder
+from .models import build_model
+from .plots import plot_confusion_matrix, plot_training_curves
+from .processed import PreparedData, prepare_data
+from .runtime import keras
+from .training import class_weights, compile_model, local_copy, set_seed, train_model
+
+
+@dataclass
+class Evaluation:
+    """The model's predictions on the test split (in ``prepared.paths("test")`` order) and
+    the metrics computed from them."""
+
+    y_true: np.ndarray
+    probabilities: np.ndarray
+    metrics: dict
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """The predicted class of each image."""
+        return self.probabilities.argmax(axis=1)
+
+
+class TrainingRun:
+    """One training run of ``cfg``: each step stores what it made (``prepared``, ``datasets``,
+    ``model``, ``history``, ``evaluation``, ``model_folder``) and returns it.
+
+    ``model_dir`` names the model folder to save (default: a new ``<name>_<timestamp>``);
+    ``resume`` is the ``.resumable`` folder of an interrupted run to continue.
+    """
+
+    def __init__(self, cfg: Config, model_dir: Path | None = None, resume: Path | None = None):
+        self.cfg = cfg
+        self.hardware = choose_hardware(cfg.hardware)
+        self.model_dir, self.resume = model_dir, resume
+        self.prepared: PreparedData | None = None
+        self.datasets: dict = {}
+        self.model: keras.Model | None = None
+        self.history: pd.DataFrame | None = None
+        self.evaluation: Evaluation | None = None
+        self.model_folder: Path | None = None
+        self._run_folder: Path | None = None
+        self._private = None if self.hardware.is_chief else tempfile.TemporaryDirectory(
+            prefix="imgcls-worker-")
+
+    def prepare_data(self) -> PreparedData:
+        """Scan, split and preprocess the source (reused when unchanged); make the datasets."""
+        self.prepared = prepare_data(self.cfg)
+        self.datasets = {split: self.hardware.shardable(dataset)
+                         for split, dataset in make_datasets(self.cfg, self.prepared).items()}
+        return self.prepared
+
+    def build_and_compile(self) -> keras.Model:
+        """The seeded network, compiled, with its variables where the strategy puts them."""
+        set_seed(self.cfg.data.seed)
+        with self.hardware.scope():
+            self.model = build_model(self.cfg.model, self.cfg.transfer, self.prepared.input_shape,
+                                     len(self.prepared.class_names))
+            compile_model(self.model, self.cfg.train, len(self.datasets["train"]), self.hardware)
+        return self.model
+
+    def fit(self, callbacks: list | None = None) -> pd.DataFrame:
+        """Train every phase, checkpointing each epoch; the model keeps its best epoch.
+        ``callbacks`` are added to the standard ones. Returns the history."""
+        self._run_folder = self._start_run_folder()
+        self.history = train_model(
+            self.model, self.datasets, self.cfg.train, self.cfg.transfer, self._run_folder,
+            hardware=self.hardware, callbacks=callbacks, data_fingerprint=self.prepared.fingerprint,
+            class_weight=class_weights(self.cfg.train, self.prepared.label_counts("train")))
+        if self.hardware.is_multi_worker:
+            self.model = local_copy(self.model, self.cfg.train)
+        return self.history
+
+    def evaluate(self) -> Evaluation:
+        """Predict the test split once; metrics, confusion matrix and top losses come from it."""
+        y_true, probabilities = labels_and_probabilities(self.model, self.datasets["test"])
+        self.evaluation = Evaluation(y_true, probabilities, classification_metrics(
+            y_true, probabilities, self.prepared.class_names))
+        return self.evaluation
+
+    def save(self) -> Path:
+        """Write the model folder (model, class names, config, history, metrics, figures,
+        manifest) and publish it under its final name."""
+        metrics = self.evaluation.metrics
+        figures = {"training_curves": plot_training_curves(self.history),
+                   "confusion_matrix": plot_confusion_matrix(metrics["confusion_matrix"],
+                                                             metrics["class_names"])}
+        self.model_folder = save_model_folder(
+            self._run_folder, self.model, self.cfg, self.prepared.class_names, metrics, figures,
+            self.prepared.fingerprint, self.hardware)
+        for figure in figures.values():
+            plt.close(figure)
+        return self.model_folder
+
+    def _start_run_folder(self) -> Path:
+        """The chief's ``.resumable`` folder (new, or ``resume``); other workers' private one,
+        holding a copy of the checkpoints they resume from."""
+        if self._private is None:
+            return Path(self.resume) if self.resume else new_run_folder(self.cfg, self.model_dir)
+        private = resumable_folder(Path(self._private.name) / "worker")
+        if self.resume:
+            shutil.copytree(Path(self.resume) / CHECKPOINT_DIR, private / CHECKPOINT_DIR)
+        private.mkdir(exist_ok=True)
+        return private
+
+
+def train(cfg: Config, model_dir: Path | None = None, resume: Path | None = None,
+          callbacks: list | None = None) -> TrainingRun:
+    """Every step of the recipe in a row, as ``imgcls train`` runs it."""
+    run = TrainingRun(cfg, model_dir, resume)
+    print(f"training on: {run.hardware.describe()}", flush=True)
+    run.prepare_data()
+    run.build_and_compile()
+    run.fit(callbacks)
+    run.evaluate()
+    run.save()
+    return run

@@ -1,0 +1,101 @@
+"""Every command the README prints works as printed: the quick ones are run in a scratch copy of
+the project, the long ones (Fashion-MNIST, a cluster, a model folder of your own) have their
+arguments checked by the same parser and config validation the command uses."""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from imgcls_utils.cli import _parser
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, load_config
+from tests.conftest import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+# Commands that need what a test cannot have: a large dataset, a cluster, your own files.
+LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "apt-get install")
+
+
+def fenced_commands(language: str = "bash") -> list[str]:
+    """Each command of the README's ``language`` code blocks, continuation lines joined and
+    comments dropped."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", README, re.S)
+    text = "\n".join(blocks).replace("\\\n", " ")
+    lines = (shlex.split(line, comments=True) for line in text.splitlines())
+    return [shlex.join(words) for words in lines if words]
+
+
+def transcripts() -> list[tuple[str, list[str]]]:
+    """The README's ``$ command`` blocks: the command and the lines it prints."""
+    found = []
+    for block in re.findall(r"```\n(\$ .*?)```", README, re.S):
+        command, *output = block.strip().splitlines()
+        found.append((command.removeprefix("$ "), [line for line in output if line != "..."]))
+    return found
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A working folder that looks like the project (config, notebooks, .venv) but keeps every
+    output to itself."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, tmp_path / CONFIG_RELATIVE_PATH)
+    for name in ("notebooks", ".venv"):
+        (tmp_path / name).symlink_to(REPO_ROOT / name)
+    return tmp_path
+
+
+def run(command: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, CONFIG_VARIABLE: str(cwd / CONFIG_RELATIVE_PATH)}
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def check_arguments(command: str) -> None:
+    """What the command would check before doing any work: its arguments and its config."""
+    words = shlex.split(command)
+    while "=" in words[0]:  # VARIABLE=value prefixes
+        words.pop(0)
+    program, args = os.path.basename(words[0]), words[1:]
+    if program == "imgcls":
+        parsed = _parser().parse_args(args)
+        if getattr(parsed, "set", None):
+            load_config(REPO_ROOT / CONFIG_RELATIVE_PATH, set_options=parsed.set)
+    elif program in ("apt-get", "sudo"):
+        assert "dataset-fashion-mnist" in args
+    else:
+        pytest.fail(f"no argument check for {program}: {command}")
+
+
+COMMANDS = fenced_commands()
+
+
+def test_the_readme_shows_the_commands_a_user_needs():
+    programs = {os.path.basename(shlex.split(c)[0]) for c in COMMANDS if "=" not in c.split()[0]}
+    assert {"make", "imgcls", "papermill"} <= programs
+    assert any("papermill" in c and "-y" in c for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command_works_as_printed(command, scratch):
+    if any(marker in command for marker in LONG):
+        check_arguments(command)
+        return
+    if command.startswith("make "):  # the target exists (test_makefile.py runs the small ones)
+        done = run(f"make --dry-run -C {REPO_ROOT} {command.split()[1]}", scratch)
+    else:
+        done = run(command, scratch)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("command, printed", transcripts())
+def test_readme_transcript_matches_what_the_command_prints(command, printed, scratch):
+    if any(marker in command for marker in LONG) or "data.source=/tmp/" in command:
+        check_arguments(command)
+        return
+    done = run(command.replace("imgcls ", ".venv/bin/imgcls ", 1), scratch)
+    shown = (done.stdout + done.stderr).splitlines()
+    assert [line for line in printed if line not in shown] == []
