@@ -42,10 +42,13 @@ def staging_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{STAGING_SUFFIX}")
 
 
-def publish(built: Path, final: Path) -> Path:
-    """Move the complete file or folder ``built`` to ``final``, replacing what is there: a file
-    in one ``os.replace``, a folder by renaming the old one aside first."""
+def publish(built: Path, final: Path, replace: bool = True) -> Path:
+    """Move the complete file or folder ``built`` to ``final``, replacing what is there (a file
+    in one ``os.replace``, a folder by renaming the old one aside first), or with ``replace``
+    false refusing to (FileExistsError)."""
     built, final = Path(built), Path(final)
+    if final.exists() and not replace:
+        raise FileExistsError(f"{final} already exists")
     if built.is_dir() and final.exists():
         replaced = final.with_name(f".{final.name}{REPLACED_SUFFIX}")
         shutil.rmtree(replaced, ignore_errors=True)

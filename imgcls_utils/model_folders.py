@@ -123,7 +123,12 @@ def save_model_folder(run_folder: Path, model: keras.Model, cfg: Config, class_n
     shutil.rmtree(run_folder / CHECKPOINT_DIR, ignore_errors=True)
     manifest = model_manifest(cfg, data_fingerprint, hardware, file_hashes(run_folder))
     (run_folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    return publish(run_folder, final_folder(run_folder))
+    try:
+        return publish(run_folder, final_folder(run_folder), replace=False)
+    except FileExistsError:
+        raise ModelFolderError(f"{final_folder(run_folder)} appeared while this run trained; it "
+                               f"is kept, and so is the finished run in {run_folder}: rename "
+                               "one of them by hand") from None
 
 
 def model_manifest(cfg: Config, data_fingerprint: str, hardware: Hardware | None,

@@ -56,7 +56,8 @@ class Evaluation:
 
 class TrainingRun:
     """One training run of ``cfg``: each step stores what it made (``prepared``, ``datasets``,
-    ``model``, ``history``, ``evaluation``, ``model_folder``) and returns it.
+    ``model``, ``run_folder`` where ``fit`` keeps the resumable state, ``history``,
+    ``evaluation``, ``model_folder``) and returns it.
 
     ``model_dir`` names the model folder to save (default: a new ``<name>_<timestamp>``);
     ``resume`` is the ``.resumable`` folder of an interrupted run to continue.
@@ -72,7 +73,7 @@ class TrainingRun:
         self.history: pd.DataFrame | None = None
         self.evaluation: Evaluation | None = None
         self.model_folder: Path | None = None
-        self._run_folder: Path | None = None
+        self.run_folder: Path | None = None
         self._private = None if self.hardware.is_chief else tempfile.TemporaryDirectory(
             prefix="imgcls-worker-")
 
@@ -95,9 +96,9 @@ class TrainingRun:
     def fit(self, callbacks: list | None = None) -> pd.DataFrame:
         """Train every phase, checkpointing each epoch; the model keeps its best epoch.
         ``callbacks`` are added to the standard ones. Returns the history."""
-        self._run_folder = self._start_run_folder()
+        self.run_folder = self._start_run_folder()
         self.history = train_model(
-            self.model, self.datasets, self.cfg.train, self.cfg.transfer, self._run_folder,
+            self.model, self.datasets, self.cfg.train, self.cfg.transfer, self.run_folder,
             hardware=self.hardware, callbacks=callbacks, data_fingerprint=self.prepared.fingerprint,
             class_weight=class_weights(self.cfg.train, self.prepared.label_counts("train")))
         if self.hardware.is_multi_worker:
@@ -119,7 +120,7 @@ class TrainingRun:
                    "confusion_matrix": plot_confusion_matrix(metrics["confusion_matrix"],
                                                              metrics["class_names"])}
         self.model_folder = save_model_folder(
-            self._run_folder, self.model, self.cfg, self.prepared.class_names, metrics, figures,
+            self.run_folder, self.model, self.cfg, self.prepared.class_names, metrics, figures,
             self.prepared.fingerprint, self.hardware)
         for figure in figures.values():
             plt.close(figure)

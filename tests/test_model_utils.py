@@ -177,3 +177,19 @@ def test_prediction_skips_hidden_files_and_reports_damaged_images(trained, tmp_p
     (tmp_path / "cut.png").write_bytes(whole[:len(whole) // 2])
     with pytest.raises(UserError, match="cut.png is not a readable image"):
         model_utils.predict_files(model, class_names, config, [tmp_path / "cut.png"])
+
+
+def test_saving_never_replaces_a_model_folder_of_the_same_name(make_config, class_folder):
+    cfg = make_config(**{**RUN, "train.epochs": 1, "data.source": str(class_folder)})
+    run = model_utils.TrainingRun(cfg)
+    run.prepare_data()
+    run.build_and_compile()
+    run.fit()
+    run.evaluate()
+    taken = cfg.path("models_dir") / run.run_folder.name.removesuffix(".resumable")
+    taken.mkdir()
+    (taken / "model.keras").write_text("someone else's model")
+    with pytest.raises(ModelFolderError, match="appeared while this run trained"):
+        run.save()
+    assert (taken / "model.keras").read_text() == "someone else's model"
+    assert (run.run_folder / "manifest.json").is_file()
