@@ -35,7 +35,9 @@ def cmd_scan(args) -> int:
     from . import data_utils
 
     cfg = _config_from_args(args)
-    print(data_utils.scan_report(data_utils.scan_source(cfg)))
+    scan = data_utils.scan_source(cfg)
+    print(data_utils.scan_report(scan, cfg.data), flush=True)
+    data_utils.trainable_classes(scan, cfg.data)  # nothing to train on: a one-line error
     return 0
 
 
@@ -75,9 +77,12 @@ def _resumed_run(args) -> tuple[Config, Path]:
 
 
 def cmd_predict(args) -> int:
-    from .model_utils import load_model_folder, predict_files
+    from .model_utils import left_out_classes, load_model_folder, predict_files
 
     model, class_names, config = load_model_folder(args.model_folder)
+    for name, reason in left_out_classes(args.model_folder).items():
+        print(f"note: the model was trained without class {name} ({reason}); it never "
+              "predicts it", file=sys.stderr)
     for path, top in predict_files(model, class_names, config, args.images, args.top_k):
         guesses = ", ".join(f"{label} {probability:.3f}" for label, probability in top)
         print(f"{path}: {guesses}")
@@ -91,6 +96,10 @@ def cmd_run(args) -> int:
     from .model_utils import unused_model_folder_name
 
     cfg = _config_from_args(args)
+    notebooks = cfg.root / "notebooks"
+    if not all((notebooks / f"{name}.ipynb").is_file() for name in NOTEBOOKS):
+        raise UserError(f"imgcls run executes the notebooks in {notebooks}, and they are not all "
+                        f"there ({', '.join(NOTEBOOKS)}); run it in the imgcls project")
     overrides = dict(parse_set_option(option) for option in args.set or [])
     run_dir = cfg.path("runs_dir") / datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -103,15 +112,30 @@ def cmd_run(args) -> int:
             parameters["model_dir"] = str(model_dir)
         output = run_dir / f"{number}_{name}.ipynb"
         print(f"running {name} -> {output}", flush=True)
-        papermill.execute_notebook(cfg.root / "notebooks" / f"{name}.ipynb", output,
-                                   parameters=parameters, kernel_name=_kernel_name(),
-                                   cwd=str(cfg.root / "notebooks"), progress_bar=False)
+        try:
+            papermill.execute_notebook(notebooks / f"{name}.ipynb", output,
+                                       parameters=parameters, kernel_name=_kernel_name(),
+                                       cwd=str(notebooks), progress_bar=False)
+        except papermill.PapermillExecutionError as error:
+            raise UserError(f"{name} failed in cell [{error.exec_count}]: "
+                            f"{_error_message(error.ename, error.evalue)}\n"
+                            f"the partly executed notebook: {output}") from None
     metrics = json.loads((model_dir / "metrics.json").read_text())
     print(f"\ntest accuracy: {metrics['test_accuracy']:.4f} "
           f"(test loss {metrics['test_loss']:.4f}, {metrics['test_images']} test images)")
     print(f"executed notebooks: {run_dir}")
     print(f"model folder:       {model_dir}")
     return 0
+
+
+def _error_message(name: str, message: str) -> str:
+    """A notebook's error as a user reads it: imgcls' own errors (a bad config, bad data) are
+    their message; anything else keeps its exception name."""
+    return message if name in _user_error_names(UserError) else f"{name}: {message}"
+
+
+def _user_error_names(error: type) -> set[str]:
+    return {error.__name__}.union(*(_user_error_names(sub) for sub in error.__subclasses__()))
 
 
 def _kernel_name() -> str:

@@ -107,13 +107,13 @@ def int_list(length: int | None, minimum: int) -> Rule:
                 and all(x >= minimum for x in v))
 
 
-def folder_names() -> Rule:
-    """Distinct names that can each be a folder name (class names become class folders)."""
+def folder_names(minimum: int = 2) -> Rule:
+    """Distinct names that can each be a folder name (class names are class folders)."""
     return Rule("list of strings",
                 lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-                "a list of at least 2 distinct, non-empty names without '/' or '\\' that do "
-                "not start with '.'",
-                lambda v: len(v) >= 2 and len(set(v)) == len(v)
+                f"a list of at least {minimum} distinct, non-empty names without '/' or '\\' "
+                "that do not start with '.'",
+                lambda v: len(v) >= minimum and len(set(v)) == len(v)
                 and all(x and not x.startswith(".") and not {"/", "\\"} & set(x) for x in v))
 
 
@@ -135,6 +135,10 @@ RULES: dict[str, Rule] = {
     "data.test_fraction": fraction(low_open=True),
     "data.seed": integer(0),
     "data.class_names": either("auto", folder_names(), "a list of names"),
+    "data.classes": either("all", folder_names(), "a list of class folders"),
+    "data.exclude_classes": either("none", folder_names(minimum=1), "a list of class folders"),
+    "data.min_images_per_class": integer(1),
+    "data.untrainable_classes": choice("leave_out", "error"),
     "data.min_image_size": int_list(2, minimum=1),
     # Pillow refuses to open anything above twice its own warning threshold (178,956,970 pixels).
     "data.max_pixels": integer(1, maximum=178_956_970),

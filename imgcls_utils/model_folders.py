@@ -23,6 +23,7 @@ from .config import Config, load_config
 from .errors import UserError
 from .files import file_sha256, publish, relative_files
 from .hardware import Hardware
+from .processed import PreparedData
 from .runtime import keras, tf
 from .sources import source_name
 from .training import TENSORBOARD_DIR
@@ -108,20 +109,20 @@ def run_config(run_folder: Path, root: Path) -> Config:
 
 # ----------------------------------------------------------------------------- save
 
-def save_model_folder(run_folder: Path, model: keras.Model, cfg: Config, class_names: list[str],
-                      metrics: dict, figures: dict | None = None, data_fingerprint: str = "",
+def save_model_folder(run_folder: Path, model: keras.Model, cfg: Config, prepared: PreparedData,
+                      metrics: dict, figures: dict | None = None,
                       hardware: Hardware | None = None) -> Path:
     """Write everything into the ``.resumable`` folder, then rename it to its final name."""
     run_folder = Path(run_folder)
     model.save(run_folder / MODEL_FILE)
-    (run_folder / CLASS_NAMES_FILE).write_text(json.dumps(class_names, indent=2))
+    (run_folder / CLASS_NAMES_FILE).write_text(json.dumps(prepared.class_names, indent=2))
     cfg.save(run_folder / CONFIG_FILE)
     (run_folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     for name, figure in (figures or {}).items():
         (run_folder / "figures").mkdir(exist_ok=True)
         figure.savefig(run_folder / "figures" / f"{name}.png", dpi=100, bbox_inches="tight")
     shutil.rmtree(run_folder / CHECKPOINT_DIR, ignore_errors=True)
-    manifest = model_manifest(cfg, data_fingerprint, hardware, file_hashes(run_folder))
+    manifest = model_manifest(cfg, prepared, hardware, file_hashes(run_folder))
     (run_folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     try:
         return publish(run_folder, final_folder(run_folder), replace=False)
@@ -131,14 +132,16 @@ def save_model_folder(run_folder: Path, model: keras.Model, cfg: Config, class_n
                                "one of them by hand") from None
 
 
-def model_manifest(cfg: Config, data_fingerprint: str, hardware: Hardware | None,
+def model_manifest(cfg: Config, prepared: PreparedData, hardware: Hardware | None,
                    files: dict[str, str]) -> dict:
     """What is needed to reproduce or audit a model: versions, seed, hardware, data
-    fingerprint, and the sha256 of every file so that a changed file is noticed on load."""
+    fingerprint, the class folders it was not trained on (with the reason), and the sha256 of
+    every file so that a changed file is noticed on load."""
     return {
         "created": datetime.now().isoformat(timespec="seconds"),
         "seed": cfg.data.seed,
-        "data_fingerprint": data_fingerprint,
+        "data_fingerprint": prepared.fingerprint,
+        "left_out_classes": prepared.left_out,
         "devices": [d.name for d in tf.config.list_logical_devices()],
         "hardware": hardware.to_dict() if hardware else None,
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
@@ -176,6 +179,13 @@ def load_model_folder(folder: Path) -> tuple[keras.Model, list[str], dict]:
     class_names = json.loads((folder / CLASS_NAMES_FILE).read_text())
     config = yaml.safe_load((folder / CONFIG_FILE).read_text())
     return model, class_names, config
+
+
+def left_out_classes(folder: Path) -> dict[str, str]:
+    """The class folders of the training data that the model was not trained on, with the
+    reason (none recorded by models saved before imgcls recorded them)."""
+    manifest = json.loads((Path(folder) / MANIFEST_FILE).read_text())
+    return manifest.get("left_out_classes", {})
 
 
 def _check_files(folder: Path) -> None:

@@ -13,8 +13,9 @@ the benchmarks use, so they need a single ``from imgcls_utils import model_utils
 """
 
 from .hardware import HardwareError, choose_hardware
-from .model_folders import (ModelFolderError, find_unfinished_run, load_model_folder,
-                            new_run_folder, run_config, saved_files, unused_model_folder_name)
+from .model_folders import (ModelFolderError, find_unfinished_run, left_out_classes,
+                            load_model_folder, new_run_folder, run_config, saved_files,
+                            unused_model_folder_name)
 from .models import ModelConfigError, build_model, count_parameters
 from .prediction import predict_files
 from .recipe import TrainingRun, train
@@ -23,6 +24,6 @@ from .training import TrainingDiverged, compile_model, set_seed, train_model
 __all__ = [
     "HardwareError", "ModelConfigError", "ModelFolderError", "TrainingDiverged", "TrainingRun",
     "build_model", "choose_hardware", "compile_model", "count_parameters", "find_unfinished_run",
-    "load_model_folder", "new_run_folder", "predict_files", "run_config", "saved_files",
+    "left_out_classes", "load_model_folder", "new_run_folder", "predict_files", "run_config", "saved_files",
     "set_seed", "train", "train_model", "unused_model_folder_name",
 ]

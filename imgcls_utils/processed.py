@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .classes import trainable_classes
 from .config import Config, Section
 from .errors import DataError
 from .files import relative_files, staged
@@ -31,7 +32,7 @@ SHARD_SIZE = 2048
 DECODE_CHUNK = 256  # images decoded ahead of the writer: bounds memory for large image sizes
 # Bump when the shard or split table layout changes, so that older processed folders are rebuilt,
 # not misread.
-PROCESSED_FORMAT = 4
+PROCESSED_FORMAT = 5
 # Settings that change how data is found or read, not what is written to Processed_Data.
 NOT_FINGERPRINTED = {"source", "cache", "cache_budget_mb"}
 SPLIT_TABLE = "split.csv"
@@ -41,7 +42,8 @@ DATASET_INFO = "dataset.json"
 @dataclass
 class PreparedData:
     """A split dataset materialized in Processed_Data, ready to stream: ``image_folder`` is the
-    source's folder of class folders, ``images`` the split table (paths relative to it)."""
+    source's folder of class folders, ``images`` the split table (paths relative to it),
+    ``left_out`` the class folders not trained on, with the reason."""
 
     folder: Path
     image_folder: Path
@@ -51,6 +53,7 @@ class PreparedData:
     channels: int
     fingerprint: str
     reused: bool
+    left_out: dict[str, str]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -104,20 +107,25 @@ def prepare_data(cfg: Config) -> PreparedData:
 
 
 def prepare_from_scan(scan: ScanResult, data: Section, processed_dir: Path) -> PreparedData:
-    """Split and write the shards of a scan, unless the processed folder already matches it."""
+    """Split and write the shards of the trainable classes of a scan (see ``classes``), unless
+    the processed folder already matches them."""
+    classes, left_out = trainable_classes(scan, data)
+    scan = replace(scan, images=scan.images[scan.images["label"].isin(classes)])
     folder = processed_folder(scan.folder, processed_dir)
     key = fingerprint(scan, data)
     info_path = folder / DATASET_INFO
     reused = info_path.is_file() and json.loads(info_path.read_text())["fingerprint"] == key
     if not reused:
-        _write_processed(scan, data, folder, key)
+        _write_processed(scan, data, folder, key, left_out)
     info = json.loads(info_path.read_text())
     images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str})
     return PreparedData(folder, scan.folder, images, info["class_names"],
-                        tuple(info["image_size"]), info["channels"], key, reused)
+                        tuple(info["image_size"]), info["channels"], key, reused,
+                        info["left_out_classes"])
 
 
-def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str) -> None:
+def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str,
+                     left_out: dict[str, str]) -> None:
     """Build the processed folder out of sight and swap it in only when complete."""
     images = split_images(scan.images, data).drop(columns="phash")
     class_index = {name: i for i, name in enumerate(scan.class_names)}
@@ -138,6 +146,7 @@ def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str) ->
         images = pd.concat(written, ignore_index=True)  # in shard order: see PreparedData.paths
         images.to_csv(building / SPLIT_TABLE, index=False)
         info = {"fingerprint": key, "source": str(scan.folder), "class_names": scan.class_names,
+                "left_out_classes": left_out,
                 "image_size": list(data.image_size), "channels": data.channels,
                 "counts": {s: int((images["split"] == s).sum()) for s in SPLITS}}
         (building / DATASET_INFO).write_text(json.dumps(info, indent=2))

@@ -119,9 +119,8 @@ class TrainingRun:
         figures = {"training_curves": plot_training_curves(self.history),
                    "confusion_matrix": plot_confusion_matrix(metrics["confusion_matrix"],
                                                              metrics["class_names"])}
-        self.model_folder = save_model_folder(
-            self.run_folder, self.model, self.cfg, self.prepared.class_names, metrics, figures,
-            self.prepared.fingerprint, self.hardware)
+        self.model_folder = save_model_folder(self.run_folder, self.model, self.cfg,
+                                              self.prepared, metrics, figures, self.hardware)
         for figure in figures.values():
             plt.close(figure)
         return self.model_folder

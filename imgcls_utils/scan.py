@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from . import duplicates
+from .classes import class_status, untrainable
 from .config import Config, Section
 from .errors import DataError
 from .files import file_sha256, write_atomically
@@ -41,13 +42,15 @@ class ScanResult:
 
     ``images``: usable images (path, label, size, mode, format, frames, sha256, phash, group);
     ``skipped``: every other file with a ``problem`` category and a ``reason``;
-    ``duplicates``: every image that has copies, by group (including excluded conflicting ones).
+    ``duplicates``: every image that has copies, by group (including excluded conflicting ones);
+    ``class_folders``: the names of all class folders, usable images or not.
     """
 
     folder: Path
     images: pd.DataFrame
     skipped: pd.DataFrame
     duplicates: pd.DataFrame
+    class_folders: list[str]
 
     @property
     def class_names(self) -> list[str]:
@@ -87,9 +90,7 @@ def scan_image_folder(folder: Path, data: Section | None = None,
     skipped += [_conflict_record(conflicting, row) for row in conflicting.itertuples()]
     images = images[~images["path"].isin(conflicting["path"])].reset_index(drop=True)
     skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).sort_values("path", ignore_index=True)
-    result = ScanResult(folder, images, skipped, table)
-    _check_usable(result, _class_folders(folder))
-    return result
+    return ScanResult(folder, images, skipped, table, _class_folders(folder))
 
 
 def scan_source(cfg: Config) -> ScanResult:
@@ -104,8 +105,8 @@ def scan_source(cfg: Config) -> ScanResult:
 
 # ----------------------------------------------------------------------------- walk
 
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()
                   if p.is_dir() and not p.is_symlink() and not is_hidden(p.name))
 
 
@@ -245,22 +246,6 @@ def _conflict_record(conflicting: pd.DataFrame, row) -> dict:
                       "excluded, since the right label is unknown"}
 
 
-def _check_usable(scan: ScanResult, class_dirs: list[Path]) -> None:
-    if scan.images.empty:
-        problems = scan.skipped["problem"].value_counts().sort_index()
-        found = ", ".join(f"{count} {problem}" for problem, count in problems.items()) or "no files"
-        raise DataError(f"{scan.folder} holds no usable images ({found}); expected "
-                        "<folder>/<class>/<image> with PNG, JPEG, BMP, GIF, WebP or TIFF images")
-    used = set(scan.images["label"])
-    empty = [d.name for d in class_dirs if d.name not in used]
-    if empty:
-        raise DataError(f"{scan.folder}: class folder(s) {', '.join(empty)} contain no usable "
-                        "images; add images or remove the folder")
-    if len(used) < 2:
-        raise DataError(f"{scan.folder}: found {len(used)} class; classification needs at least 2 "
-                        "class sub-folders")
-
-
 # ----------------------------------------------------------------------------- summaries
 
 def class_counts(images: pd.DataFrame) -> pd.DataFrame:
@@ -316,17 +301,19 @@ def pixel_statistics(scan: ScanResult, data: Section, max_images: int = 2000) ->
                          "max": pixels.max(0)}, index=pd.Index(names, name="channel")).round(2)
 
 
-def scan_report(scan: ScanResult) -> str:
+def scan_report(scan: ScanResult, data: Section) -> str:
     """The whole scan as text: counts per class, imbalance, every skipped file with its reason,
-    animated images, duplicate groups and conflicting labels."""
-    imbalance = class_imbalance(scan.images)
+    animated images, duplicate groups and conflicting labels, and the classes that cannot be
+    trained (or that the config leaves out) with the reason."""
     lines = [f"source: {scan.folder}",
              f"usable images: {len(scan.images)} in {len(scan.class_names)} classes; "
-             f"skipped files: {len(scan.skipped)}",
-             "", class_counts(scan.images).to_string(), "",
-             f"class imbalance: largest {imbalance['largest']} ({imbalance['largest_images']}), "
-             f"smallest {imbalance['smallest']} ({imbalance['smallest_images']}), "
-             f"ratio {imbalance['ratio']}"]
+             f"skipped files: {len(scan.skipped)}"]
+    if not scan.images.empty:
+        imbalance = class_imbalance(scan.images)
+        lines += ["", class_counts(scan.images).to_string(), "",
+                  f"class imbalance: largest {imbalance['largest']} "
+                  f"({imbalance['largest_images']}), smallest {imbalance['smallest']} "
+                  f"({imbalance['smallest_images']}), ratio {imbalance['ratio']}"]
     lines += _section("skipped files", [f"{r.path}: {r.reason}" for r in scan.skipped.itertuples()])
     lines += _section("animated images (first frame used)",
                       [f"{r.path}: {r.format}, {r.frames} frames"
@@ -336,6 +323,13 @@ def scan_report(scan: ScanResult) -> str:
                        f"{', conflicting labels: excluded' if rows['conflict'].iloc[0] else ''}): "
                        + ", ".join(f"{p} [{label}]" for p, label in zip(rows["path"], rows["label"]))
                        for group, rows in scan.duplicates.groupby("group")])
+    status = class_status(scan, data)
+    lines += _section("classes that cannot be trained",
+                      [f"{name}: {reason}" for name, reason in untrainable(status).items()])
+    chosen_out = status[~status["chosen"]]
+    if not chosen_out.empty:
+        lines += _section("classes the config leaves out",
+                          [f"{r['class']}: {r['reason']}" for _, r in chosen_out.iterrows()])
     return "\n".join(lines)
 
 

@@ -1,16 +1,20 @@
 """Split: stratified, seeded train/validation/test assignment, optional cross-validation folds.
 
 The unit of assignment is a duplicate group (``group`` column from the scan), not a file: all
-copies of an image land on the same side, so a test image never has a twin in training.
+copies of an image land on the same side, so a test image never has a twin in training. A class
+with too few distinct images to put one in validation and one in test goes to training whole,
+with a warning: it is learned, but validation and test do not measure it.
 """
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .config import Section
-from .errors import DataError
+from .errors import DataError, warn
 
 SPLITS = ("train", "val", "test")
 
@@ -21,16 +25,23 @@ def split_images(images: pd.DataFrame, data: Section) -> pd.DataFrame:
     images = images.sort_values("path").reset_index(drop=True)
     units = images.drop_duplicates("group")  # each group's first path stands for the group
     held_out = data.val_fraction + data.test_fraction
-    smallest = units["label"].value_counts().min()
-    if smallest * min(data.val_fraction, data.test_fraction) < 1:
-        raise DataError(f"the smallest class has {smallest} distinct images: too few to put at "
-                        "least one in each of train/val/test; add images or raise "
+    needed = math.ceil(1 / min(data.val_fraction, data.test_fraction))
+    counts = units["label"].value_counts()
+    too_few = sorted(counts[counts < needed].index)
+    if too_few:
+        warn(f"class(es) {', '.join(too_few)} have fewer than {needed} distinct images, too few "
+             "to put one in validation and one in test: all their images go to training, so "
+             "validation and test do not measure them")
+    units = units[~units["label"].isin(too_few)]
+    if units.empty:
+        raise DataError(f"every class has fewer than {needed} distinct images: too few to hold "
+                        "any out for validation and test; add images or raise "
                         "data.val_fraction/test_fraction")
     _, rest = train_test_split(units, test_size=held_out, stratify=units["label"],
                                random_state=data.seed)
     val, test = train_test_split(rest, test_size=data.test_fraction / held_out,
                                  stratify=rest["label"], random_state=data.seed)
-    split_of_group = pd.Series("train", index=units["group"])
+    split_of_group = pd.Series("train", index=images["group"].unique())
     split_of_group[val["group"]], split_of_group[test["group"]] = "val", "test"
     images["split"] = images["group"].map(split_of_group)
     if data.folds != "none":

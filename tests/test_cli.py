@@ -79,3 +79,15 @@ def test_a_moved_key_and_yaml_off_are_explained_on_the_command_line():
     assert "'train.mixed_precision' (from overrides) moved to 'hardware.mixed_precision'" in done.stderr
     done, _ = imgcls("config", "--set", "hardware.mixed_precision=off")
     assert "YAML reads an unquoted off" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_failing_notebook_is_one_clear_line_and_the_notebook_to_open(project, tmp_path):
+    (project / "notebooks").symlink_to(REPO_ROOT / "notebooks")
+    done, _ = imgcls("run", "--set", f"data.source={tmp_path / 'no_such_folder'}", cwd=project)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    first, second = done.stderr.strip().splitlines()[-2:]
+    assert first.startswith("imgcls: Data_Exploration failed in cell [")
+    assert f"data.source: folder {tmp_path / 'no_such_folder'} does not exist" in first
+    assert "DataError" not in first
+    executed = second.removeprefix("the partly executed notebook: ")
+    assert executed.endswith("1_Data_Exploration.ipynb") and (project / executed).is_file()

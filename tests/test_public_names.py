@@ -40,7 +40,9 @@ def test_every_exported_name_is_used_through_the_facade(facade):
 
 
 def _imports(text: str, facade: str, name: str) -> bool:
-    return any(isinstance(node, ast.ImportFrom) and node.module == f"imgcls_utils.{facade}"
+    """Whether ``text`` imports ``name`` from ``facade`` (absolutely, or relatively as cli.py)."""
+    return any(isinstance(node, ast.ImportFrom)
+               and (node.module, node.level) in {(f"imgcls_utils.{facade}", 0), (facade, 1)}
                and name in {alias.name for alias in node.names} for node in ast.walk(ast.parse(text)))
 
 

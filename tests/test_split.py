@@ -56,7 +56,7 @@ def test_folds_keep_groups_whole_and_hold_out_the_test_split(with_copies, make_c
 def test_too_few_images_for_three_splits_is_a_clear_error(class_folder, make_config):
     images = scan_image_folder(class_folder).images
     few = images.groupby("label").head(3)
-    with pytest.raises(DataError, match="smallest class has 3 distinct images"):
+    with pytest.raises(DataError, match="every class has fewer than 7 distinct images"):
         split.split_images(few, make_config().data)
 
 
