@@ -51,6 +51,22 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_processed(args) -> int:
+    from . import data_utils
+
+    cfg = _config_from_args(args)
+    processed_dir = cfg.path("processed_dir")
+    if args.clean:
+        for name in data_utils.remove_variants(processed_dir, data_utils.current_variant(cfg)):
+            print(f"removed {processed_dir / name}")
+    variants = data_utils.processed_variants(processed_dir)
+    if variants.empty:
+        print(f"no processed data in {processed_dir}")
+    else:
+        print(variants.to_string(index=False))
+    return 0
+
+
 def cmd_train(args) -> int:
     cfg, run_folder = _resumed_run(args) if args.resume else (_config_from_args(args), None)
     from .model_utils import train
@@ -166,6 +182,10 @@ def _parser() -> argparse.ArgumentParser:
     train = command("train", cmd_train, "prepare, train, evaluate and save a model folder")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its "
                        "last finished epoch: its .resumable folder or its name in models_dir")
+    processed = command("processed", cmd_processed, "list the processed variants of the data "
+                        "(one per source and settings), most recently used first")
+    processed.add_argument("--clean", action="store_true", help="first delete every variant "
+                           "but the one the config uses")
     command("scan", cmd_scan, "report usable and skipped files, class imbalance and "
             "duplicates of the data source")
     command("config", cmd_config, "print the merged, validated config")

@@ -4,12 +4,14 @@ Everything imgcls writes for later use (processed data, materialized sources, mo
 run state, caches) is first built under a staging name next to its final place and published
 by a rename only when complete, so a crash leaves the old version or the new one, never half
 of one. One scheme for all: ``.<name>.staging`` while building (hidden, deleted when the build
-fails), ``.<name>.replaced`` for a folder being swapped out. A training run's folder is the one
-exception that survives a crash on purpose: ``<name>.resumable``, named so that it says so.
+fails), ``.<name>.replaced`` for a folder being swapped out, ``.<name>.lock`` for the lock that
+lets one process build while others wait. A training run's folder is the one exception that
+survives a crash on purpose: ``<name>.resumable``, named so that it says so.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -19,6 +21,7 @@ from pathlib import Path
 
 STAGING_SUFFIX = ".staging"
 REPLACED_SUFFIX = ".replaced"
+LOCK_SUFFIX = ".lock"
 
 
 def file_sha256(path: Path) -> str:
@@ -77,6 +80,21 @@ def staged(final: Path, folder: bool = True) -> Iterator[Path]:
         _remove(staging)
         raise
     publish(staging, final)
+
+
+@contextmanager
+def locked(final: Path) -> Iterator[None]:
+    """Hold an inter-process lock on ``final`` (a hidden ``.<name>.lock`` file next to it) while
+    the block runs: a second process that wants to build the same thing waits, then finds it
+    built."""
+    lock = final.with_name(f".{final.name}{LOCK_SUFFIX}")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -1,9 +1,12 @@
 """Processed_Data: the split images decoded once into uint8 TFRecord shards.
 
-``Processed_Data/<dataset>/`` holds the split table (``split.csv``: one row per image with its
-label, split, content hash, duplicate group and fold), the shards of each split, and
-``dataset.json`` with a fingerprint of every input file and setting: an unchanged run reuses
-the folder, any change rebuilds it, built out of sight and swapped in whole.
+``Processed_Data/<source>-<H>x<W>x<C>-<settings hash>/`` holds the split table (``split.csv``:
+one row per image with its label, split, content hash, duplicate group and fold), the shards of
+each split, and ``dataset.json`` with a fingerprint of every input file and setting and the
+size and sha256 of every file written. Each combination of preprocessing settings has its own
+folder, so alternating between settings (a sweep over image sizes) reuses each. An unchanged
+run reuses its folder after checking its files; changed inputs, or a damaged file, rebuild it
+out of sight, swapped in whole. An inter-process lock lets one run build while others wait.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
@@ -22,10 +27,11 @@ from tqdm import tqdm
 
 from .classes import trainable_classes
 from .config import Config, Section
-from .errors import DataError
-from .files import relative_files, staged
+from .errors import DataError, warn
+from .files import file_sha256, locked, relative_files, staged
 from .images import DECODE_ERRORS, load_image, pixel_limit_checked_by_caller
 from .scan import ScanResult, scan_source
+from .sources import resolve_source
 from .split import SPLITS, split_images
 
 SHARD_SIZE = 2048
@@ -85,19 +91,27 @@ class PreparedData:
         return relative_files(self.folder)
 
 
-def fingerprint(scan: ScanResult, data: Section) -> str:
-    """A hash of every used file's path, label and content plus every setting that shapes the
-    output (image size, split, limits, duplicate handling, class names...)."""
-    digest = hashlib.sha256()
+def _settings(data: Section) -> str:
+    """Every setting that shapes the output (image size, split, limits, duplicate handling,
+    class names and choice...), as canonical JSON."""
     settings = {key: value for key, value in data.items() if key not in NOT_FINGERPRINTED}
-    digest.update(json.dumps({"format": PROCESSED_FORMAT, **settings}, sort_keys=True).encode())
+    return json.dumps({"format": PROCESSED_FORMAT, **settings}, sort_keys=True)
+
+
+def fingerprint(scan: ScanResult, data: Section) -> str:
+    """A hash of every used file's path, label and content plus the settings."""
+    digest = hashlib.sha256(_settings(data).encode())
     for row in scan.images.sort_values("path").itertuples():
         digest.update(f"{row.path}\0{row.label}\0{row.sha256}\n".encode())
     return digest.hexdigest()
 
 
-def processed_folder(source_folder: Path, processed_dir: Path) -> Path:
-    return Path(processed_dir) / Path(source_folder).name
+def processed_folder(source_folder: Path, processed_dir: Path, data: Section) -> Path:
+    """The folder of this source under these settings: readable size, hashed settings."""
+    height, width = data.image_size
+    settings = hashlib.sha256(_settings(data).encode()).hexdigest()[:8]
+    name = f"{Path(source_folder).name}-{height}x{width}x{data.channels}-{settings}"
+    return Path(processed_dir) / name
 
 
 def prepare_data(cfg: Config) -> PreparedData:
@@ -111,17 +125,77 @@ def prepare_from_scan(scan: ScanResult, data: Section, processed_dir: Path) -> P
     the processed folder already matches them."""
     classes, left_out = trainable_classes(scan, data)
     scan = replace(scan, images=scan.images[scan.images["label"].isin(classes)])
-    folder = processed_folder(scan.folder, processed_dir)
+    folder = processed_folder(scan.folder, processed_dir, data)
     key = fingerprint(scan, data)
-    info_path = folder / DATASET_INFO
-    reused = info_path.is_file() and json.loads(info_path.read_text())["fingerprint"] == key
-    if not reused:
-        _write_processed(scan, data, folder, key, left_out)
-    info = json.loads(info_path.read_text())
-    images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str})
+    with locked(folder):
+        reused = _is_built_from(folder, key)
+        if reused and (damage := _damage(folder)):
+            warn(f"{folder} is damaged ({damage}); rebuilding it")
+            reused = False
+        if not reused:
+            _write_processed(scan, data, folder, key, left_out)
+        os.utime(folder / DATASET_INFO)  # when it was last used: see processed_variants
+        info = json.loads((folder / DATASET_INFO).read_text())
+        images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str})
     return PreparedData(folder, scan.folder, images, info["class_names"],
                         tuple(info["image_size"]), info["channels"], key, reused,
                         info["left_out_classes"])
+
+
+def processed_variants(processed_dir: Path) -> pd.DataFrame:
+    """Every processed folder in ``processed_dir``, most recently used first: its source, image
+    shape, seed, images, size on disk, when it was last used, and its layout version (an older
+    one is rebuilt when used)."""
+    rows = []
+    used_last_first = sorted(Path(processed_dir).glob(f"*/{DATASET_INFO}"),
+                             key=lambda path: path.stat().st_mtime_ns, reverse=True)
+    for info_path in used_last_first:
+        info, folder = json.loads(info_path.read_text()), info_path.parent
+        settings = info.get("settings", {})
+        rows.append({"folder": folder.name, "source": Path(info["source"]).name,
+                     "shape": "x".join(map(str, [*info["image_size"], info["channels"]])),
+                     "seed": settings.get("seed", "?"), "images": sum(info["counts"].values()),
+                     "MiB": round(sum(p.stat().st_size for p in folder.iterdir()) / 2**20, 1),
+                     "last used": datetime.fromtimestamp(info_path.stat().st_mtime)
+                     .strftime("%Y-%m-%d %H:%M"), "format": settings.get("format", "old")})
+    columns = ["folder", "source", "shape", "seed", "images", "MiB", "last used", "format"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def current_variant(cfg: Config) -> Path:
+    """The processed folder the config's source and settings use (built or not)."""
+    source = resolve_source(cfg.data, cfg.path("raw_dir"))
+    return processed_folder(source, cfg.path("processed_dir"), cfg.data)
+
+
+def remove_variants(processed_dir: Path, keep: Path) -> list[str]:
+    """Delete every processed folder in ``processed_dir`` but ``keep`` (each once no run is
+    building it); returns the names deleted."""
+    removed = []
+    for info_path in sorted(Path(processed_dir).glob(f"*/{DATASET_INFO}")):
+        folder = info_path.parent
+        if folder != Path(keep):
+            with locked(folder):
+                shutil.rmtree(folder)
+            removed.append(folder.name)
+    return removed
+
+
+def _is_built_from(folder: Path, key: str) -> bool:
+    info_path = folder / DATASET_INFO
+    return info_path.is_file() and json.loads(info_path.read_text())["fingerprint"] == key
+
+
+def _damage(folder: Path) -> str:
+    """What is wrong with a built folder's files (one missing, or its size or sha256 changed
+    since it was written), or an empty string."""
+    for name, (size, digest) in json.loads((folder / DATASET_INFO).read_text())["files"].items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size or file_sha256(path) != digest:
+            return f"{name} changed since it was written"
+    return ""
 
 
 def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str,
@@ -148,7 +222,10 @@ def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str,
         info = {"fingerprint": key, "source": str(scan.folder), "class_names": scan.class_names,
                 "left_out_classes": left_out,
                 "image_size": list(data.image_size), "channels": data.channels,
-                "counts": {s: int((images["split"] == s).sum()) for s in SPLITS}}
+                "settings": json.loads(_settings(data)),
+                "counts": {s: int((images["split"] == s).sum()) for s in SPLITS},
+                "files": {name: [(building / name).stat().st_size, file_sha256(building / name)]
+                          for name in relative_files(building)}}
         (building / DATASET_INFO).write_text(json.dumps(info, indent=2))
 
 

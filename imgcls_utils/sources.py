@@ -34,7 +34,7 @@ from PIL import Image
 
 from .config import Section
 from .errors import DataError
-from .files import staged
+from .files import locked, staged
 
 DIGITS_SOURCE = "digits"
 IDX_PREFIX = "idx:"
@@ -310,11 +310,15 @@ def _is_materialized(folder: Path, marker: dict) -> bool:
 
 def _write_source(folder: Path, marker: dict, class_names: list[str],
                   samples: Iterable[Sample]) -> Path:
-    """Write ``samples`` into ``folder``: assembled out of sight, marked, then published."""
-    with staged(folder) as building:
-        count = _write_samples(building, class_names, samples)
-        made = {**marker, "class_names": class_names, "images": count}
-        (building / MARKER_FILE).write_text(json.dumps(made, indent=2))
+    """Write ``samples`` into ``folder``: assembled out of sight, marked, then published; one
+    process at a time, and not again if another process wrote it meanwhile."""
+    with locked(folder):
+        if _is_materialized(folder, marker):
+            return folder
+        with staged(folder) as building:
+            count = _write_samples(building, class_names, samples)
+            made = {**marker, "class_names": class_names, "images": count}
+            (building / MARKER_FILE).write_text(json.dumps(made, indent=2))
     return folder
 
 

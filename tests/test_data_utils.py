@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,8 +30,59 @@ def test_prepare_builds_then_reuses_then_rebuilds_on_change(class_folder, make_c
     rebuilt = data_utils.prepare_data(make_config(**small(class_folder, **{
         "data.image_size": [20, 20]})))
     assert not rebuilt.reused and rebuilt.input_shape == (20, 20, 1)
-    assert sorted(p.name for p in rebuilt.folder.parent.iterdir()) == ["images",
-                                                                       "images.scan-cache.json"]
+    visible = sorted(p.name for p in rebuilt.folder.parent.iterdir() if p.name[0] != ".")
+    assert visible == sorted([first.folder.name, rebuilt.folder.name, "images.scan-cache.json"])
+    assert first.folder.name.startswith("images-16x16x1-")
+
+
+def test_alternating_settings_reuse_each_variant_and_others_can_be_cleaned(class_folder,
+                                                                          make_config):
+    sizes = [make_config(**small(class_folder, **{"data.image_size": [side, side]}))
+             for side in (16, 20)]
+    built = [data_utils.prepare_data(cfg) for cfg in sizes]
+    assert [data_utils.prepare_data(cfg).reused for cfg in [*sizes, *sizes]] == [True] * 4
+    processed_dir = sizes[0].path("processed_dir")
+    listed = data_utils.processed_variants(processed_dir)
+    assert listed["folder"].tolist() == [built[1].folder.name, built[0].folder.name]
+    assert listed["shape"].tolist() == ["20x20x1", "16x16x1"] and listed["images"].tolist() == [30, 30]
+    assert data_utils.current_variant(sizes[0]) == built[0].folder
+    assert data_utils.remove_variants(processed_dir, keep=built[0].folder) == [built[1].folder.name]
+    assert data_utils.processed_variants(processed_dir)["folder"].tolist() == [built[0].folder.name]
+
+
+@pytest.mark.parametrize("damage", ["truncate a shard", "delete a shard", "edit the split table"])
+def test_damaged_processed_data_is_rebuilt_with_a_message(class_folder, make_config, capsys,
+                                                          damage):
+    cfg = make_config(**small(class_folder))
+    folder = data_utils.prepare_data(cfg).folder
+    shard, table = folder / "train-00000-of-00001.tfrecord", folder / "split.csv"
+    if damage == "truncate a shard":
+        shard.write_bytes(shard.read_bytes()[:-10])
+    elif damage == "delete a shard":
+        shard.unlink()
+    else:
+        header, first, *rest = table.read_text().splitlines()
+        table.write_text("\n".join([header, first.replace("train", "test"), *rest]))
+    capsys.readouterr()
+    again = data_utils.prepare_data(cfg)
+    assert not again.reused and "is damaged" in capsys.readouterr().err
+    assert data_utils.prepare_data(cfg).reused
+    labels = np.concatenate([y for _, y in data_utils.make_dataset(again, "train", 64)])
+    assert len(labels) == again.count("train")
+
+
+def test_two_processes_preparing_the_same_source_at_once_agree(project):
+    command = [sys.executable, "-m", "imgcls_utils.cli", "prepare", "--set=data.image_size=[16,16]"]
+    runs = [subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    states = sorted(out.split("processed data ")[1].split(":")[0] for out, _ in outputs)
+    assert states == ["built", "reused (inputs unchanged)"]
+    processed = project / "data" / "Processed_Data"
+    assert len(list(processed.glob("digits-16x16x1-*/dataset.json"))) == 1
+    assert not [p for p in processed.iterdir() if p.name.endswith((".staging", ".replaced"))]
+    assert len(list((project / "data" / "Raw_Data" / "digits").rglob("*.png"))) == 1797
 
 
 @pytest.mark.parametrize("setting", [{"data.min_image_size": [9, 9]},
