@@ -18,6 +18,8 @@ from .config import CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, Config, load_config, 
 from .errors import UserError
 
 NOTEBOOKS = ("Data_Exploration", "Data_Preprocessing", "Model_Training")
+USER_ERROR = 2  # exit code: a bad config, data or model folder, told in one line
+PREDICTION_FAILED = 3  # exit code: imgcls predict classified some files, not all
 DESCRIPTION = ("imgcls: image classification with TensorFlow/Keras. Run the three notebooks "
                "with papermill, or each step on its own.")
 
@@ -99,10 +101,15 @@ def cmd_predict(args) -> int:
     for name, reason in left_out_classes(args.model_folder).items():
         print(f"note: the model was trained without class {name} ({reason}); it never "
               "predicts it", file=sys.stderr)
-    for path, top in predict_files(model, class_names, config, args.images, args.top_k):
-        guesses = ", ".join(f"{label} {probability:.3f}" for label, probability in top)
-        print(f"{path}: {guesses}")
-    return 0
+    predictions = predict_files(model, class_names, config, args.images, args.top_k)
+    for prediction in predictions:
+        guesses = ", ".join(f"{label} {probability:.3f}" for label, probability in prediction.top)
+        print(f"{prediction.path}: {guesses or 'cannot be classified: ' + prediction.error}")
+    failed = sum(bool(prediction.error) for prediction in predictions)
+    if failed:
+        print(f"imgcls: {failed} of {len(predictions)} file(s) could not be classified",
+              file=sys.stderr)
+    return PREDICTION_FAILED if failed else 0
 
 
 def cmd_run(args) -> int:
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except UserError as error:
         print(f"imgcls: {error}", file=sys.stderr)
-        return 2
+        return USER_ERROR
 
 
 if __name__ == "__main__":

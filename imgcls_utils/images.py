@@ -42,11 +42,27 @@ def pixel_limit_checked_by_caller():
         yield
 
 
-def load_image(path: Path, image_size: tuple[int, int], channels: int) -> np.ndarray:
+class ImageTooLarge(ValueError):
+    """An image with more pixels than allowed, refused from its header without decoding it."""
+
+
+def too_many_pixels(width: int, height: int, max_pixels: int) -> str:
+    """Why an image of this size is refused unread, or an empty string when it is not."""
+    if width * height <= max_pixels:
+        return ""
+    return (f"{width} x {height} = {width * height:,} pixels is over data.max_pixels = "
+            f"{max_pixels:,} (possible decompression bomb): not decoded")
+
+
+def load_image(path: Path, image_size: tuple[int, int], channels: int,
+               max_pixels: int = PILLOW_PIXEL_LIMIT) -> np.ndarray:
     """Decode any supported image to uint8 ``(height, width, channels)``: EXIF orientation
-    applied, first frame of animations, converted to grayscale or RGB, resized."""
+    applied, first frame of animations, converted to grayscale or RGB, resized. An image of
+    more than ``max_pixels`` is refused from its header (ImageTooLarge)."""
     height, width = image_size
     with Image.open(path) as image:
+        if problem := too_many_pixels(image.width, image.height, max_pixels):
+            raise ImageTooLarge(problem)
         image = _decoded(image, "L" if channels == 1 else "RGB", max(image_size))
         image = image.resize((width, height), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)

@@ -1,15 +1,38 @@
-"""Using a trained model: top-k labels for new image files, preprocessed as in training."""
+"""Using a trained model: top-k labels for new image files, preprocessed as in training.
+
+Files are decoded on all cores, the next batch while the model classifies the current one, and
+classified in batches. A file that cannot be classified
+(damaged, not an image, over the model's ``data.max_pixels``) gets its reason instead of labels,
+and every other file is still classified.
+"""
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .errors import UserError
-from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, is_hidden, load_image
+from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, is_hidden, load_image,
+                     pixel_limit_checked_by_caller)
 from .runtime import keras
+
+BATCH_SIZE = 128
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One file's top-k ``(class name, probability)``, or the reason it could not be read."""
+
+    path: Path
+    top: list[tuple[str, float]]
+    error: str = ""
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -29,19 +52,50 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def predict_files(model: keras.Model, class_names: list[str], config: dict, paths: list[Path],
-                  top_k: int = 3) -> list[tuple[Path, list[tuple[str, float]]]]:
-    """Top-k ``(class name, probability)`` per image, preprocessed exactly as in training
-    (image size and channels come from the model folder's config, not the current one; any
-    further resizing or scaling is part of the model itself)."""
-    data = config["data"]
-    results = []
-    for path in image_files(paths):
-        try:
-            pixels = load_image(path, tuple(data["image_size"]), data["channels"])
-        except (*DECODE_ERRORS, Image.DecompressionBombError) as error:
-            raise UserError(f"{path} is not a readable image ({error}); give PNG, JPEG, BMP, "
-                            "GIF, WebP or TIFF files") from None
-        probabilities = model.predict_on_batch(pixels[None].astype("float32"))[0]
-        best = np.argsort(probabilities)[::-1][:top_k]
-        results.append((path, [(class_names[i], float(probabilities[i])) for i in best]))
-    return results
+                  top_k: int = 3, batch_size: int = BATCH_SIZE) -> list[Prediction]:
+    """A Prediction for every image file in ``paths``, in order, each preprocessed exactly as
+    in training (image size, channels and pixel limit come from the model folder's config, not
+    the current one; any further resizing or scaling is part of the model itself)."""
+    predictions = []
+    with pixel_limit_checked_by_caller(), ThreadPoolExecutor(os.cpu_count()) as pool:
+        for chunk, decoded in _decoded_batches(image_files(paths), batch_size, config["data"],
+                                               pool):
+            good = [pixels for pixels, _ in decoded if pixels is not None]
+            probabilities = iter(model.predict_on_batch(np.stack(good).astype("float32"))
+                                 if good else [])
+            predictions += [Prediction(path, [], error) if pixels is None else
+                            Prediction(path, _top(next(probabilities), class_names, top_k))
+                            for path, (pixels, error) in zip(chunk, decoded)]
+    return predictions
+
+
+def _decoded_batches(files: list[Path], batch_size: int, data: dict,
+                     pool: ThreadPoolExecutor) -> Iterator[tuple[list[Path], list]]:
+    """``(files, [(pixels or None, error)])`` batch by batch, the next batch already decoding on
+    the pool while the caller works on the current one."""
+    batches = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
+    pending: deque = deque()
+    for batch in batches:
+        pending.append((batch, [pool.submit(_decode, path, data) for path in batch]))
+        if len(pending) > 1:
+            yield _finished(pending.popleft())
+    while pending:
+        yield _finished(pending.popleft())
+
+
+def _finished(submitted: tuple[list[Path], list[Future]]) -> tuple[list[Path], list]:
+    batch, futures = submitted
+    return batch, [future.result() for future in futures]
+
+
+def _decode(path: Path, data: dict) -> tuple[np.ndarray | None, str]:
+    try:
+        return load_image(path, tuple(data["image_size"]), data["channels"],
+                          data["max_pixels"]), ""
+    except (*DECODE_ERRORS, Image.DecompressionBombError) as error:
+        return None, f"not a readable image ({error})"
+
+
+def _top(probabilities: np.ndarray, class_names: list[str], k: int) -> list[tuple[str, float]]:
+    best = np.argsort(probabilities)[::-1][:k]
+    return [(class_names[i], float(probabilities[i])) for i in best]

@@ -26,7 +26,8 @@ from .config import Config, Section
 from .errors import DataError
 from .files import file_sha256, write_atomically
 from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS,
-                     decode_thumbnail, is_hidden, load_image, pixel_limit_checked_by_caller)
+                     decode_thumbnail, is_hidden, load_image, pixel_limit_checked_by_caller,
+                     too_many_pixels)
 
 # A thumbnail this size is plenty for a 64 x 64 pHash and decodes JPEGs at 1/8 scale.
 HASH_THUMBNAIL_SIDE = 128
@@ -227,10 +228,8 @@ def _header_problem(facts: dict, limits: Limits) -> tuple[str, str] | None:
     width, height = facts["width"], facts["height"]
     if facts["format"] not in SUPPORTED_FORMATS:
         return "unsupported format", f"unsupported image format {facts['format']}"
-    if width * height > limits.max_pixels:
-        return "too large", (f"{width} x {height} = {width * height:,} pixels is over "
-                             f"data.max_pixels = {limits.max_pixels:,} (possible decompression "
-                             "bomb): not decoded")
+    if problem := too_many_pixels(width, height, limits.max_pixels):
+        return "too large", problem
     min_height, min_width = limits.min_size
     if height < min_height or width < min_width:
         return "too small", (f"{width} x {height} pixels is below data.min_image_size = "

@@ -3,15 +3,19 @@ and refuse folders that are unfinished, incomplete or changed."""
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from imgcls_utils import model_utils
+from imgcls_utils.data_utils import load_image
 from imgcls_utils.errors import UserError
 from imgcls_utils.model_folders import file_hashes, model_name
 from imgcls_utils.model_utils import ModelFolderError
 from tests.conftest import write_image
+from tests.sample_files import write_png_claiming_size
+from tests.test_cli import imgcls
 from tests.test_models import SMALL, TINY_TRANSFER
 
 RUN = {**SMALL, "train.epochs": 2, "train.verbose": 0}
@@ -54,11 +58,24 @@ def test_loaded_model_predicts_like_the_trained_one(trained, class_folder):
     assert class_names == ["cat", "dog", "fox"] and config["data"]["image_size"] == [16, 16]
     results = model_utils.predict_files(model, class_names, config, [class_folder / "dog"], 2)
     assert len(results) == 10
-    path, top = results[0]
+    path, top = results[0].path, results[0].top
     assert path.name == "0.png" and len(top) == 2 and top[0][1] >= top[1][1]
-    assert {label for _, guesses in results for label, _ in guesses} <= set(class_names)
+    assert {label for result in results for label, _ in result.top} <= set(class_names)
     assert abs(sum(p for _, p in model_utils.predict_files(
-        model, class_names, config, [path], 3)[0][1]) - 1) < 1e-4
+        model, class_names, config, [path], 3)[0].top) - 1) < 1e-4
+
+
+def test_batched_prediction_gives_each_image_its_own_probabilities(trained, class_folder):
+    _, folder, _ = trained
+    model, class_names, config = model_utils.load_model_folder(folder)
+    files = sorted((class_folder / "fox").glob("*.png"))
+    batched = model_utils.predict_files(model, class_names, config, files, 3, batch_size=4)
+    for prediction in batched:
+        pixels = load_image(prediction.path, (16, 16), 1)[None].astype("float32")
+        alone = model.predict_on_batch(pixels)[0]
+        labels, probabilities = zip(*prediction.top)
+        assert list(labels) == [class_names[i] for i in np.argsort(alone)[::-1]]
+        assert probabilities == pytest.approx(sorted(alone, reverse=True), abs=1e-5)
 
 
 def test_prediction_works_for_any_size_and_mode(trained, tmp_path):
@@ -66,13 +83,11 @@ def test_prediction_works_for_any_size_and_mode(trained, tmp_path):
     model, class_names, config = model_utils.load_model_folder(folder)
     odd = write_image(tmp_path / "big.jpg", size=(300, 120), mode="RGB", fmt="JPEG")
     gray = write_image(tmp_path / "gray.png", size=(5, 7), mode="L")
-    assert [p.name for p, _ in model_utils.predict_files(model, class_names, config, [odd, gray])] \
-        == ["big.jpg", "gray.png"]
+    predictions = model_utils.predict_files(model, class_names, config, [odd, gray])
+    assert [(p.path.name, len(p.top), p.error) for p in predictions] == [("big.jpg", 3, ""),
+                                                                        ("gray.png", 3, "")]
     with pytest.raises(UserError, match="does not exist"):
         model_utils.predict_files(model, class_names, config, [tmp_path / "missing.png"])
-    (tmp_path / "fake.png").write_text("not an image")
-    with pytest.raises(UserError, match="fake.png is not a readable image"):
-        model_utils.predict_files(model, class_names, config, [tmp_path / "fake.png"])
 
 
 def test_damaged_or_unfinished_folders_are_refused(trained):
@@ -112,9 +127,9 @@ def test_transfer_and_mlp_models_train_save_and_predict(make_config, class_folde
         cfg = make_config(**{**RUN, **family, "train.epochs": 1, "data.source": str(class_folder)})
         folder = model_utils.train(cfg).model_folder
         model, class_names, config = model_utils.load_model_folder(folder)
-        [(_, top)] = model_utils.predict_files(model, class_names, config,
-                                               [class_folder / "fox" / "3.png"], 3)
-        assert sorted(label for label, _ in top) == ["cat", "dog", "fox"]
+        [prediction] = model_utils.predict_files(model, class_names, config,
+                                                 [class_folder / "fox" / "3.png"], 3)
+        assert sorted(label for label, _ in prediction.top) == ["cat", "dog", "fox"]
 
 
 def test_model_folder_names_never_collide(make_config):
@@ -171,12 +186,28 @@ def test_prediction_skips_hidden_files_and_reports_damaged_images(trained, tmp_p
     write_image(images / "a.png")
     (images / "._a.png").write_bytes(b"\0\5Mac resource fork")
     write_image(images / ".ipynb_checkpoints" / "a-checkpoint.png")
-    assert [p.name for p, _ in model_utils.predict_files(model, class_names, config, [images])] \
-        == ["a.png"]
+    assert [p.path.name for p in model_utils.predict_files(model, class_names, config,
+                                                           [images])] == ["a.png"]
+
+
+def test_a_messy_folder_is_classified_except_its_bad_files_each_named(trained, project, tmp_path):
+    _, folder, _ = trained
+    messy = tmp_path / "new"
+    for i in range(3):
+        write_image(messy / f"good{i}.png", seed=i)
     whole = write_image(tmp_path / "whole.png", size=(40, 40)).read_bytes()
-    (tmp_path / "cut.png").write_bytes(whole[:len(whole) // 2])
-    with pytest.raises(UserError, match="cut.png is not a readable image"):
-        model_utils.predict_files(model, class_names, config, [tmp_path / "cut.png"])
+    (messy / "cut.png").write_bytes(whole[:len(whole) // 2])
+    (messy / "fake.jpg").write_text("not an image")
+    write_png_claiming_size(messy / "bomb.png", 10_000, 10_000)  # over data.max_pixels: unread
+    done, _ = imgcls("predict", str(folder), str(messy), cwd=project)
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.strip().splitlines())
+    assert sorted(Path(path).name for path in lines) == [
+        "bomb.png", "cut.png", "fake.jpg", "good0.png", "good1.png", "good2.png"]
+    bad = {Path(path).name: text for path, text in lines.items() if "cannot be classified" in text}
+    assert sorted(bad) == ["bomb.png", "cut.png", "fake.jpg"]
+    assert "100,000,000 pixels is over data.max_pixels = 89,478,485" in bad["bomb.png"]
+    assert "imgcls: 3 of 6 file(s) could not be classified" in done.stderr
 
 
 def test_saving_never_replaces_a_model_folder_of_the_same_name(make_config, class_folder):

@@ -1,0 +1,78 @@
+"""Prediction benchmark: images/s of ``imgcls predict`` on a folder of photo-sized JPEGs, against
+the loop it replaced (decode one file, ``predict_on_batch`` on it, next file), same model, same
+files, same preprocessing, measured in this run.
+
+    .venv/bin/python bench/prediction.py            # about 1 minute on 2 CPU cores
+
+The JPEGs (3,000, mixed sizes) are generated in a temporary folder deleted at the end; the
+model is the default config's (the CNN at 32x32x1, at the precision training would choose
+here; its weights do not change its speed).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from data_pipeline import CLASSES, generate  # noqa: E402
+
+from imgcls_utils import data_utils, model_utils  # noqa: E402
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
+
+IMAGES = 3000
+ROUNDS = 2
+BASELINE = "one at a time (before)"
+
+
+def one_at_a_time(model, class_names: list[str], settings: dict, files: list[Path]) -> None:
+    """The loop ``predict_files`` used before: one file decoded and classified at a time."""
+    for path in files:
+        pixels = data_utils.load_image(path, tuple(settings["data"]["image_size"]),
+                                       settings["data"]["channels"])
+        probabilities = model.predict_on_batch(pixels[None].astype("float32"))[0]
+        [class_names[i] for i in np.argsort(probabilities)[::-1][:3]]
+
+
+def images_per_second(predict, files: list[Path]) -> float:
+    started = time.perf_counter()
+    predict(files)
+    return len(files) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as tmp:
+        folder = generate(Path(tmp) / "images", IMAGES)
+        cfg = load_config(REPO / CONFIG_RELATIVE_PATH)
+        shape = (*cfg.data.image_size, cfg.data.channels)
+        with model_utils.choose_hardware(cfg.hardware).scope():  # as training builds it
+            model = model_utils.build_model(cfg.model, cfg.transfer, shape, len(CLASSES))
+        settings, names = cfg.to_dict(), list(CLASSES)
+        files = sorted(folder.rglob("*.jpg"))
+        ways = {BASELINE: lambda f: one_at_a_time(model, names, settings, f),
+                "imgcls predict_files": lambda f: model_utils.predict_files(
+                    model, names, settings, f)}
+        for predict in ways.values():
+            predict(files[:200])  # tracing and warm-up
+        rates = {name: [] for name in ways}
+        for _ in range(ROUNDS):  # interleaved, so drift in the machine's speed hits both alike
+            for name, predict in ways.items():
+                rates[name].append(images_per_second(predict, files))
+    base = statistics.median(rates[BASELINE])
+    print(f"prediction, images/s over {IMAGES:,} JPEGs (160-640 x 120-480), the default "
+          f"config's model ({'x'.join(map(str, shape))} input), median of {ROUNDS}:")
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        target = "" if name == BASELINE else "   (target >= 5x)"
+        print(f"   {name:<24} {rate:7,.0f}   x{rate / base:.2f}{target}")
+
+
+if __name__ == "__main__":
+    main()
