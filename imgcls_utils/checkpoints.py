@@ -4,7 +4,8 @@
 weights file holds the latest epoch (model and optimizer, so Adam's moments and the step count
 continue) and which the best one (lowest validation loss), and the counters of early stopping
 and reduce-on-plateau, so a resumed run stops at the same epoch as an uninterrupted one, and
-the fingerprint of the data it trains on, so it is never continued on other data.
+what the run started with (data fingerprint, config, TensorFlow and Keras major versions), so
+it is never continued on other data, another config, or weights files of another version.
 
 Writes are ordered so that a ``kill -9`` at any moment leaves a consistent state: weights go to
 new, epoch-numbered files first, then ``state.json`` is replaced atomically to point at them,
@@ -17,6 +18,7 @@ order) and TensorBoard's event files (a resumed run adds new ones next to the ol
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import pandas as pd
 
 from .errors import UserError
 from .files import write_atomically
-from .runtime import keras
+from .runtime import keras, tf
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -33,6 +35,21 @@ HISTORY_FILE = "history.csv"
 MONITOR = "val_loss"
 # What early stopping and reduce-on-plateau count with; restored after their on_train_begin.
 CALLBACK_COUNTERS = ("wait", "best", "best_epoch", "cooldown_counter")
+
+
+_CHANGED = {
+    "data": "the data changed since it started (its fingerprint differs)",
+    "config": "its config.yaml was edited since it started",
+    "tensorflow": "it started with TensorFlow {then}.x and this is TensorFlow {now}.x",
+    "keras": "it started with Keras {then}.x and this is Keras {now}.x",
+}
+
+
+def run_identity(data_fingerprint: str, config_yaml: str) -> dict[str, str]:
+    """What must not change while a run is interrupted: its data, its config, and the major
+    versions of TensorFlow and Keras, whose weight files the checkpoints are."""
+    return {"data": data_fingerprint, "config": hashlib.sha256(config_yaml.encode()).hexdigest(),
+            "tensorflow": tf.__version__.split(".")[0], "keras": keras.__version__.split(".")[0]}
 
 
 class RunState:
@@ -56,12 +73,15 @@ class RunState:
     def folder(self) -> Path:
         return self.run_folder / CHECKPOINT_DIR
 
-    def check_data(self, fingerprint: str) -> None:
-        """Remember the data fingerprint a run trains on; refuse to continue it on other data."""
-        recorded = self.values.setdefault("data_fingerprint", fingerprint)
-        if recorded != fingerprint:
-            raise UserError(f"{self.run_folder}: the data changed since this run started (its "
-                            "fingerprint differs), so it cannot be resumed; start a new run")
+    def check_unchanged(self, identity: dict[str, str]) -> None:
+        """Remember what a run starts with (``run_identity``); refuse to continue it when any
+        of it differs, naming what."""
+        recorded = self.values.setdefault("identity", identity)
+        changed = [_CHANGED[key].format(then=recorded.get(key), now=value)
+                   for key, value in identity.items() if recorded.get(key) != value]
+        if changed:
+            raise UserError(f"{self.run_folder} cannot be resumed: {'; '.join(changed)}; "
+                            "start a new run")
 
     def history(self) -> pd.DataFrame:
         """One row per finished epoch: ``epoch`` (from 1), ``phase``, the metrics, the rate."""

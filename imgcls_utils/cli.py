@@ -7,6 +7,7 @@ reported within a second, as one message, without a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from datetime import datetime
@@ -138,7 +139,8 @@ def cmd_run(args) -> int:
         try:
             papermill.execute_notebook(notebooks / f"{name}.ipynb", output,
                                        parameters=parameters, kernel_name=_kernel_name(),
-                                       cwd=str(notebooks), progress_bar=False)
+                                       cwd=str(notebooks), progress_bar=False,
+                                       kernel_manager_class=_ipc_kernel_manager())
         except papermill.PapermillExecutionError as error:
             raise UserError(f"{name} failed in cell [{error.exec_count}]: "
                             f"{_error_message(error.ename, error.evalue)}\n"
@@ -159,6 +161,18 @@ def _error_message(name: str, message: str) -> str:
 
 def _user_error_names(error: type) -> set[str]:
     return {error.__name__}.union(*(_user_error_names(sub) for sub in error.__subclasses__()))
+
+
+def _ipc_kernel_manager() -> type:
+    """Jupyter's kernel manager, talking to its kernels over local IPC sockets instead of TCP:
+    nothing listens on the network, and ipykernel has no plain-TCP warning to print."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IPCKernelManager
 
 
 def _kernel_name() -> str:
@@ -210,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except UserError as error:
         print(f"imgcls: {error}", file=sys.stderr)
+        return USER_ERROR
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"imgcls: the disk is full ({error}); free some space and run the same command "
+              "again: what was finished is kept (an interrupted training run resumes with "
+              "--resume)", file=sys.stderr)
         return USER_ERROR
 
 

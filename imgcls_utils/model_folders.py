@@ -112,7 +112,9 @@ def run_config(run_folder: Path, root: Path) -> Config:
 def save_model_folder(run_folder: Path, model: keras.Model, cfg: Config, prepared: PreparedData,
                       metrics: dict, figures: dict | None = None,
                       hardware: Hardware | None = None) -> Path:
-    """Write everything into the ``.resumable`` folder, then rename it to its final name."""
+    """Write everything into the ``.resumable`` folder, rename it to its final name, then drop
+    the checkpoints: a crash at any moment leaves a resumable run or a complete model folder
+    (at worst one still holding its checkpoints), never neither."""
     run_folder = Path(run_folder)
     model.save(run_folder / MODEL_FILE)
     (run_folder / CLASS_NAMES_FILE).write_text(json.dumps(prepared.class_names, indent=2))
@@ -121,15 +123,20 @@ def save_model_folder(run_folder: Path, model: keras.Model, cfg: Config, prepare
     for name, figure in (figures or {}).items():
         (run_folder / "figures").mkdir(exist_ok=True)
         figure.savefig(run_folder / "figures" / f"{name}.png", dpi=100, bbox_inches="tight")
-    shutil.rmtree(run_folder / CHECKPOINT_DIR, ignore_errors=True)
     manifest = model_manifest(cfg, prepared, hardware, file_hashes(run_folder))
     (run_folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     try:
-        return publish(run_folder, final_folder(run_folder), replace=False)
+        final = publish(run_folder, final_folder(run_folder), replace=False)
     except FileExistsError:
         raise ModelFolderError(f"{final_folder(run_folder)} appeared while this run trained; it "
                                f"is kept, and so is the finished run in {run_folder}: rename "
                                "one of them by hand") from None
+    _remove_checkpoints(final)
+    return final
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
 
 
 def model_manifest(cfg: Config, prepared: PreparedData, hardware: Hardware | None,
@@ -151,9 +158,10 @@ def model_manifest(cfg: Config, prepared: PreparedData, hardware: Hardware | Non
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    """``relative path -> sha256`` of every file under ``folder``, except the manifest."""
-    return {name: file_sha256(Path(folder) / name) for name in relative_files(folder)
-            if name != MANIFEST_FILE}
+    """``relative path -> sha256`` of every file under ``folder``, except the manifest and the
+    run's checkpoints."""
+    return {name: file_sha256(Path(folder) / name)
+            for name in relative_files(folder, skip=(CHECKPOINT_DIR,)) if name != MANIFEST_FILE}
 
 
 def saved_files(folder: Path) -> list[str]:

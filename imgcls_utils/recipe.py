@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .checkpoints import CHECKPOINT_DIR
+from .checkpoints import CHECKPOINT_DIR, run_identity
 from .config import Config
 from .evaluation import classification_metrics, labels_and_probabilities
 from .hardware import choose_hardware
@@ -99,7 +99,8 @@ class TrainingRun:
         self.run_folder = self._start_run_folder()
         self.history = train_model(
             self.model, self.datasets, self.cfg.train, self.cfg.transfer, self.run_folder,
-            hardware=self.hardware, callbacks=callbacks, data_fingerprint=self.prepared.fingerprint,
+            hardware=self.hardware, callbacks=callbacks,
+            identity=run_identity(self.prepared.fingerprint, self.cfg.to_yaml()),
             class_weight=class_weights(self.cfg.train, self.prepared.label_counts("train")))
         if self.hardware.is_multi_worker:
             self.model = local_copy(self.model, self.cfg.train)

@@ -191,15 +191,16 @@ def training_callbacks(train: Section, run_folder: Path) -> list:
 def train_model(model: keras.Model, datasets: dict, train: Section, transfer: Section,
                 run_folder: Path, *, hardware: Hardware | None = None,
                 class_weight: dict[int, float] | None = None, callbacks: list | None = None,
-                data_fingerprint: str | None = None) -> pd.DataFrame:
+                identity: dict[str, str] | None = None) -> pd.DataFrame:
     """Fit every phase on ``datasets["train"]``, validating on ``datasets["val"]``, continuing
-    from the state saved in ``run_folder`` if there is one (and, given ``data_fingerprint``,
-    only on the same data); the model ends with the weights of its best validation epoch.
+    from the state saved in ``run_folder`` if there is one (and, given the run's ``identity``,
+    ``checkpoints.run_identity``, only if it is unchanged); the model ends with the weights of
+    its best validation epoch.
     ``callbacks`` are added to the standard ones (``training_callbacks``). Returns the whole
     history, one row per epoch."""
     state = RunState.load(run_folder)
-    if data_fingerprint:
-        state.check_data(data_fingerprint)
+    if identity:
+        state.check_unchanged(identity)
     if state.epochs_done():
         print(f"resuming {run_folder} after epoch {state.epochs_done()}", flush=True)
     steps_per_epoch = int(datasets["train"].cardinality())

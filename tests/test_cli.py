@@ -85,6 +85,7 @@ def test_a_failing_notebook_is_one_clear_line_and_the_notebook_to_open(project, 
     (project / "notebooks").symlink_to(REPO_ROOT / "notebooks")
     done, _ = imgcls("run", "--set", f"data.source={tmp_path / 'no_such_folder'}", cwd=project)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "without encryption" not in done.stderr  # the kernels talk over IPC, not TCP
     first, second = done.stderr.strip().splitlines()[-2:]
     assert first.startswith("imgcls: Data_Exploration failed in cell [")
     assert f"data.source: folder {tmp_path / 'no_such_folder'} does not exist" in first

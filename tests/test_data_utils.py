@@ -1,3 +1,4 @@
+import errno
 import subprocess
 import sys
 
@@ -179,3 +180,35 @@ def test_a_messy_source_is_trained_on_and_left_exactly_as_it_was(tmp_path, make_
     assert (run.model_folder / "model.keras").is_file()
     assert run.evaluation.metrics["test_images"] == data_utils.prepare_data(cfg).count("test")
     assert (tree_hashes(source), tree_hashes(outside)) == before
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_writing_shards_keeps_the_previous_processed_data(class_folder,
+                                                                           make_config,
+                                                                           monkeypatch):
+    cfg = make_config(**small(class_folder))
+    before = data_utils.prepare_data(cfg)
+    kept = tree_hashes(before.folder)
+    write_image(class_folder / "dog" / "new.png", seed=998)  # the next run must rebuild
+    monkeypatch.setattr("imgcls_utils.processed._example", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        data_utils.prepare_data(cfg)
+    assert tree_hashes(before.folder) == kept
+    assert not [p for p in before.folder.parent.iterdir() if p.name.endswith(".staging")]
+    monkeypatch.undo()  # space freed
+    after = data_utils.prepare_data(cfg)
+    assert not after.reused and after.count("train") + after.count("val") + after.count("test") == 31
+
+
+def test_a_full_disk_is_one_clear_line_on_the_command_line(class_folder, project):
+    script = ("import errno, sys; import imgcls_utils.processed as p; from imgcls_utils import cli\n"
+              "def full(*a): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+              "p._example = full\n"
+              f"sys.exit(cli.main(['prepare', '--set=data.source={class_folder}']))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("imgcls: the disk is full")

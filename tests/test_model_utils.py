@@ -16,6 +16,7 @@ from imgcls_utils.model_utils import ModelFolderError
 from tests.conftest import write_image
 from tests.sample_files import write_png_claiming_size
 from tests.test_cli import imgcls
+from tests.test_data_utils import disk_full
 from tests.test_models import SMALL, TINY_TRANSFER
 
 RUN = {**SMALL, "train.epochs": 2, "train.verbose": 0}
@@ -224,3 +225,47 @@ def test_saving_never_replaces_a_model_folder_of_the_same_name(make_config, clas
         run.save()
     assert (taken / "model.keras").read_text() == "someone else's model"
     assert (run.run_folder / "manifest.json").is_file()
+
+
+def trained_run(make_config, class_folder):
+    """A TrainingRun trained and evaluated, not saved yet."""
+    cfg = make_config(**{**RUN, "train.epochs": 1, "data.source": str(class_folder)})
+    run = model_utils.TrainingRun(cfg)
+    run.prepare_data()
+    run.build_and_compile()
+    run.fit()
+    run.evaluate()
+    return cfg, run
+
+
+def test_a_full_disk_while_saving_leaves_the_run_resumable(make_config, class_folder,
+                                                           monkeypatch):
+    cfg, run = trained_run(make_config, class_folder)
+    monkeypatch.setattr(run.model, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run.save()
+    models_dir = cfg.path("models_dir")
+    assert model_utils.find_unfinished_run(run.run_folder.name, models_dir) == run.run_folder
+    resumed = model_utils.train(cfg, resume=run.run_folder)  # space freed
+    assert resumed.history["epoch"].tolist() == [1]
+    model_utils.load_model_folder(resumed.model_folder)
+
+
+@pytest.mark.parametrize("killed_at", ["publish", "_remove_checkpoints"])
+def test_a_kill_while_saving_leaves_a_resumable_run_or_a_complete_folder(
+        make_config, class_folder, monkeypatch, killed_at):
+    cfg, run = trained_run(make_config, class_folder)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for kill -9 at this moment
+
+    monkeypatch.setattr(f"imgcls_utils.model_folders.{killed_at}", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.save()
+    final = run.run_folder.with_name(run.run_folder.name.removesuffix(".resumable"))
+    if killed_at == "publish":  # before the rename: still a run to resume
+        assert not final.exists() and (run.run_folder / "checkpoints" / "state.json").is_file()
+    else:  # after it: a complete model folder, its checkpoints not yet deleted
+        assert not run.run_folder.exists() and (final / "checkpoints").is_dir()
+        model, class_names, _ = model_utils.load_model_folder(final)
+        assert class_names == ["cat", "dog", "fox"]

@@ -1,3 +1,4 @@
+import errno
 import json
 import signal
 import subprocess
@@ -9,9 +10,11 @@ import pandas as pd
 import pytest
 
 from imgcls_utils import data_utils, model_utils, training
-from imgcls_utils.checkpoints import RunCheckpoint, RunState
+from imgcls_utils.checkpoints import RunCheckpoint, RunState, run_identity
 from imgcls_utils.errors import UserError
+from imgcls_utils.files import write_atomically
 from imgcls_utils.runtime import keras
+from tests.conftest import write_image
 from tests.test_cli import imgcls
 from tests.test_models import SMALL, TINY_TRANSFER
 
@@ -212,11 +215,77 @@ def test_runs_with_the_same_seed_and_deterministic_ops_train_identically(project
     assert histories[0]["loss"].nunique() == 3
 
 
-def test_a_run_is_never_continued_on_other_data(tmp_path):
+def test_a_run_is_never_continued_on_other_data_config_or_versions(tmp_path):
     state = RunState.load(tmp_path)
-    state.check_data("fingerprint-a")
+    started = run_identity("fingerprint-a", "train:\n  epochs: 3\n")
+    state.check_unchanged(started)
     state.save()
     resumed = RunState.load(tmp_path)
-    resumed.check_data("fingerprint-a")
-    with pytest.raises(UserError, match="data changed since this run started"):
-        resumed.check_data("fingerprint-b")
+    resumed.check_unchanged(started)
+    for changed, message in [
+            (run_identity("fingerprint-b", "train:\n  epochs: 3\n"), "the data changed"),
+            (run_identity("fingerprint-a", "train:\n  epochs: 4\n"), "its config.yaml was edited"),
+            ({**started, "tensorflow": "3"}, "it started with TensorFlow 2.x and this is "
+                                             "TensorFlow 3.x")]:
+        with pytest.raises(UserError, match=f"cannot be resumed: {message}"):
+            resumed.check_unchanged(changed)
+
+
+def test_a_full_disk_at_a_checkpoint_leaves_the_run_resumable(make_config, class_folder,
+                                                               monkeypatch):
+    cfg, datasets, model = small_run(make_config, class_folder, **{"train.epochs": 4})
+    run_folder = model_utils.new_run_folder(cfg)
+    writes = []
+
+    def full_at_the_third_epoch(path, text):
+        writes.append(path.name)
+        if writes.count("state.json") == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_atomically(path, text)
+
+    monkeypatch.setattr("imgcls_utils.checkpoints.write_atomically", full_at_the_third_epoch)
+    run = dict(datasets=datasets, train=cfg.train, transfer=cfg.transfer, run_folder=run_folder)
+    with pytest.raises(OSError, match="No space left"):
+        model_utils.train_model(model, **run)
+    state = RunState.load(run_folder)
+    assert state.epochs_done() == 2 and (state.folder / state.values["best"]["file"]).is_file()
+    assert not list(state.folder.glob(".*"))  # no half-written state file
+    monkeypatch.undo()  # space freed
+    _, _, fresh = small_run(make_config, class_folder, **{"train.epochs": 4})
+    assert model_utils.train_model(fresh, **run)["epoch"].tolist() == [1, 2, 3, 4]
+
+
+def interrupted_run(make_config, class_folder):
+    """A run that stopped after its first epoch, as a power cut would leave it."""
+    cfg = make_config(**{**SMALL, "data.source": str(class_folder), "train.verbose": 0,
+                         "train.epochs": 3})
+    run = model_utils.TrainingRun(cfg)
+    run.prepare_data()
+    run.build_and_compile()
+    with pytest.raises(RuntimeError, match="power cut"):
+        run.fit(callbacks=[CrashAtEpoch(1)])
+    return run.run_folder
+
+
+def test_resume_refuses_a_changed_config_data_or_tensorflow_on_the_command_line(
+        project, make_config, class_folder):
+    run_folder = interrupted_run(make_config, class_folder)
+    config = run_folder / "config.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("epochs: 3", "epochs: 4"))
+    refusals = [imgcls("train", "--resume", run_folder.name, cwd=project)[0]]
+    config.write_text(original)
+    extra = write_image(class_folder / "cat" / "extra.png", seed=4242)
+    refusals.append(imgcls("train", "--resume", run_folder.name, cwd=project)[0])
+    extra.unlink()
+    state_file = run_folder / "checkpoints" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["identity"]["tensorflow"] = "1"
+    state_file.write_text(json.dumps(state))
+    refusals.append(imgcls("train", "--resume", run_folder.name, cwd=project)[0])
+    for done, reason in zip(refusals, ["its config.yaml was edited since it started",
+                                       "the data changed since it started (its fingerprint differs)",
+                                       "it started with TensorFlow 1.x and this is TensorFlow 2.x"]):
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"imgcls: {run_folder} cannot be resumed: {reason}; start a new run")
