@@ -20,7 +20,7 @@ from .errors import DataError, warn
 if TYPE_CHECKING:
     from .scan import ScanResult
 
-CONFLICT = "conflicting duplicate"
+CONFLICT = "conflicting duplicate"  # the problem of copies filed under different classes
 
 
 def class_status(scan: ScanResult, data: Section) -> pd.DataFrame:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from importlib.metadata import version
 
-from .config import CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, Config, load_config, parse_set_option
+from .config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, Config, default_config_path,
+                     load_config, parse_set_option)
 from .errors import UserError
 
 NOTEBOOKS = ("Data_Exploration", "Data_Preprocessing", "Model_Training")
@@ -129,7 +130,8 @@ def cmd_run(args) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     model_dir = unused_model_folder_name(cfg)
-    config_path = str(Path(args.config).resolve()) if args.config else None
+    # The notebooks load the very file this run validated, wherever their kernels start.
+    config_path = str(Path(args.config).resolve() if args.config else default_config_path())
     for number, name in enumerate(NOTEBOOKS, start=1):
         parameters = {"config_path": config_path, "overrides": overrides}
         if name == "Model_Training":

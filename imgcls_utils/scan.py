@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from . import duplicates
-from .classes import class_status, untrainable
+from .classes import CONFLICT, class_status, untrainable
 from .config import Config, Section
 from .errors import DataError
 from .files import file_sha256, write_atomically
@@ -240,7 +240,7 @@ def _header_problem(facts: dict, limits: Limits) -> tuple[str, str] | None:
 def _conflict_record(conflicting: pd.DataFrame, row) -> dict:
     others = conflicting[(conflicting["group"] == row.group) & (conflicting["path"] != row.path)]
     copies = ", ".join(f"{path} ({label})" for path, label in zip(others["path"], others["label"]))
-    return {"path": row.path, "problem": "conflicting duplicate",
+    return {"path": row.path, "problem": CONFLICT,
             "reason": f"labelled {row.label}, but copies are labelled otherwise: {copies}; "
                       "excluded, since the right label is unknown"}
 

@@ -146,3 +146,17 @@ def _write_links(root: Path, outside: Path) -> dict[str, str]:
     (root / "dog" / "folder_out").symlink_to(outside / "more", target_is_directory=True)
     (root / "fox" / "broken.png").symlink_to(root / "fox" / "no_such_file.png")
     return {"cat/link_out.png": "symlink", "dog/folder_out": "symlink", "fox/broken.png": "symlink"}
+
+
+def make_corpus(root: Path, outside: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The messy folder plus the class folders real collections have: an empty one, one whose
+    only image is a copy of an image filed under another class, one with a single image.
+    Returns the problem of every skipped file and the reason of every untrainable class."""
+    skipped = make_messy_folder(root, outside)
+    (root / "empty").mkdir()
+    (root / "copycat").mkdir()
+    (root / "copycat" / "fox2.png").write_bytes((root / "fox" / "good2.png").read_bytes())
+    skipped.update({"copycat/fox2.png": "conflicting duplicate",
+                    "fox/good2.png": "conflicting duplicate"})
+    write_photo(root / "lonely" / "only.png", seed=940)
+    return skipped, {"copycat": "all 1 file(s) excluded as copies", "empty": "empty folder"}
