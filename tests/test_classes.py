@@ -6,7 +6,7 @@ import pytest
 from imgcls_utils import data_utils
 from imgcls_utils.data_utils import DataError
 from tests.conftest import write_image
-from tests.test_cli import imgcls
+from tests.test_cli import imgcls, train_from_the_shell
 
 
 @pytest.fixture
@@ -103,11 +103,8 @@ def test_scan_reports_everything_and_fails_only_when_nothing_can_be_trained(corn
 
 
 def test_a_model_trained_without_some_classes_says_so_when_it_predicts(corners, project):
-    done, _ = imgcls("train", "--set", f"data.source={corners}", "--set", "train.epochs=1",
-                     "--set", "data.image_size=[16,16]", "--set", "train.verbose=0", cwd=project)
-    assert done.returncode == 0, done.stderr
+    done, folder = train_from_the_shell(corners, project)
     assert "imgcls warning: left out of training" in done.stderr
-    folder = done.stdout.split("model folder: ")[1].strip()
     manifest = json.loads((project / folder / "manifest.json").read_text())
     assert sorted(manifest["left_out_classes"]) == ["copycat", "empty", "junk"]
     done, _ = imgcls("predict", folder, str(corners / "cat" / "1.png"), cwd=project)

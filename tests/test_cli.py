@@ -31,12 +31,17 @@ def test_config_prints_the_merged_config():
     assert done.returncode == 0 and "epochs: 3" in done.stdout
 
 
-def test_train_then_predict_from_the_shell(project, class_folder):
-    done, _ = imgcls("train", "--set", f"data.source={class_folder}", "--set", "train.epochs=1",
+def train_from_the_shell(source, project) -> tuple[subprocess.CompletedProcess, str]:
+    """`imgcls train` for one epoch on ``source`` at 16x16: the result and the model folder."""
+    done, _ = imgcls("train", "--set", f"data.source={source}", "--set", "train.epochs=1",
                      "--set", "data.image_size=[16,16]", "--set", "train.verbose=0", cwd=project)
     assert done.returncode == 0, done.stderr
+    return done, done.stdout.split("model folder: ")[1].strip()
+
+
+def test_train_then_predict_from_the_shell(project, class_folder):
+    done, folder = train_from_the_shell(class_folder, project)
     assert "test accuracy:" in done.stdout
-    folder = done.stdout.split("model folder: ")[1].strip()
     done, _ = imgcls("predict", folder, str(class_folder / "fox" / "3.png"), "--top-k", "2",
                      cwd=project)
     assert done.returncode == 0, done.stderr

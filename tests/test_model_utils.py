@@ -211,22 +211,6 @@ def test_a_messy_folder_is_classified_except_its_bad_files_each_named(trained, p
     assert "imgcls: 3 of 6 file(s) could not be classified" in done.stderr
 
 
-def test_saving_never_replaces_a_model_folder_of_the_same_name(make_config, class_folder):
-    cfg = make_config(**{**RUN, "train.epochs": 1, "data.source": str(class_folder)})
-    run = model_utils.TrainingRun(cfg)
-    run.prepare_data()
-    run.build_and_compile()
-    run.fit()
-    run.evaluate()
-    taken = cfg.path("models_dir") / run.run_folder.name.removesuffix(".resumable")
-    taken.mkdir()
-    (taken / "model.keras").write_text("someone else's model")
-    with pytest.raises(ModelFolderError, match="appeared while this run trained"):
-        run.save()
-    assert (taken / "model.keras").read_text() == "someone else's model"
-    assert (run.run_folder / "manifest.json").is_file()
-
-
 def trained_run(make_config, class_folder):
     """A TrainingRun trained and evaluated, not saved yet."""
     cfg = make_config(**{**RUN, "train.epochs": 1, "data.source": str(class_folder)})
@@ -236,6 +220,17 @@ def trained_run(make_config, class_folder):
     run.fit()
     run.evaluate()
     return cfg, run
+
+
+def test_saving_never_replaces_a_model_folder_of_the_same_name(make_config, class_folder):
+    cfg, run = trained_run(make_config, class_folder)
+    taken = cfg.path("models_dir") / run.run_folder.name.removesuffix(".resumable")
+    taken.mkdir()
+    (taken / "model.keras").write_text("someone else's model")
+    with pytest.raises(ModelFolderError, match="appeared while this run trained"):
+        run.save()
+    assert (taken / "model.keras").read_text() == "someone else's model"
+    assert (run.run_folder / "manifest.json").is_file()
 
 
 def test_a_full_disk_while_saving_leaves_the_run_resumable(make_config, class_folder,
