@@ -26,4 +26,5 @@ clean-generated: ## delete everything derived: processed data, scan caches, buil
 	for folder in data/Raw_Data/*/; do \
 	  if [ -f "$$folder/.imgcls-source.json" ]; then rm -rf "$$folder"; fi; \
 	done
+	rm -f data/Raw_Data/.*.lock
 	rm -rf runs/
