@@ -2,12 +2,17 @@
 
 Near-duplicates are found with a 256-bit perceptual hash (pHash: which of an image's 16 x 16
 lowest DCT frequencies lie above their median), which survives re-encoding and resizing. The
-common 64-bit pHash is too coarse for small images: measured on Fashion-MNIST's 28x28 pictures,
-distinct items of different classes collide at 2 bits apart, while at 256 bits the closest such
-pair is more than 30 bits apart and JPEG copies of photos at half to twice the size stay within
-about 10 bits. Pictures with almost no detail (a blurred gradient, a clear sky) have no stable
+common 64-bit pHash is too coarse for small images: on Fashion-MNIST's 28x28 pictures distinct
+items of different classes collide at 2 bits apart, while at 256 bits distinct items stay
+about twice as far apart as JPEG copies of photos at half to twice the size (bench/README.md). Pictures with almost no detail (a blurred gradient, a clear sky) have no stable
 hash, and copies of them are found only when identical. Copies are joined into groups
 transitively (union-find), so a split can keep each group on one side.
+
+Small images defeat any such hash: a copy enlarged from an 8 x 8 digit has sharp block edges the
+original never had, and they decide most of the bits. So a pair whose smaller image is under 16
+pixels a side is compared on what that image holds: both pictures averaged down to 8 x 8, at
+most ``SMALL_IMAGE_DIFFERENCE`` apart per pixel on average. bench/duplicates.py measures the
+distances behind these choices.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from PIL import Image
 
 HASH_SIDE = 16  # 16 x 16 = 256 bits
 HASH_BYTES = HASH_SIDE * HASH_SIDE // 8
+SMALL_SIDE = 16  # images with a shorter side are compared by their 8 x 8 averages
+AVERAGE_SIDE = 8
+SMALL_IMAGE_DIFFERENCE = 6.0  # mean absolute difference of the 8 x 8 averages, of 255
 DCT_INPUT_SIDE = 4 * HASH_SIDE
 # Rows of the DCT-II matrix for the lowest frequencies: low = DCT @ pixels @ DCT.T.
 DCT = np.cos(np.pi * np.outer(np.arange(HASH_SIDE), 2 * np.arange(DCT_INPUT_SIDE) + 1)
@@ -35,14 +43,45 @@ def perceptual_hash(image: Image.Image) -> str:
     return np.packbits(low > np.median(low)).tobytes().hex()
 
 
+def small_average(image: Image.Image) -> str:
+    """The image averaged down to 8 x 8 gray levels, as 128 hex digits."""
+    average = image.convert("L").resize((AVERAGE_SIDE, AVERAGE_SIDE), Image.Resampling.BOX)
+    return np.asarray(average, dtype=np.uint8).tobytes().hex()
+
+
 def find_groups(images: pd.DataFrame, max_distance: int | None) -> np.ndarray:
-    """For each row of ``images`` (``sha256`` and ``phash`` columns), the row number of the first
-    row in its duplicate group: identical files always group; with ``max_distance``, so do images
-    whose hashes differ in at most that many bits. A row without copies is its own group."""
+    """For each row of ``images`` (``sha256``, ``phash``, ``average``, ``width`` and ``height``
+    columns), the row number of the first row in its duplicate group: identical files always
+    group; with ``max_distance``, so do images whose hashes differ in at most that many bits,
+    and small images close to another image (``small_image_pairs``). A row without copies is its
+    own group."""
     pairs = _identical_pairs(images["sha256"])
     if max_distance is not None:
-        pairs += near_pairs(images["phash"].tolist(), max_distance)
+        pairs += near_pairs(images["phash"].tolist(), max_distance) + small_image_pairs(images)
     return _union_find(len(images), pairs)
+
+
+def small_image_pairs(images: pd.DataFrame) -> list[tuple[int, int]]:
+    """Index pairs whose smaller image is under ``SMALL_SIDE`` pixels a side and whose 8 x 8
+    averages differ by at most ``SMALL_IMAGE_DIFFERENCE`` per pixel. Only images whose mean
+    brightness is that close can be (the mean differs by no more than the mean difference), so
+    each small image is compared with a window of images sorted by brightness, not with all."""
+    small = np.flatnonzero(np.minimum(images["width"], images["height"]).to_numpy() < SMALL_SIDE)
+    if not len(small):
+        return []
+    averages = np.stack([np.frombuffer(bytes.fromhex(h), np.uint8) for h in images["average"]])
+    averages = averages.astype(np.float32)
+    brightness = averages.mean(axis=1)
+    order = np.argsort(brightness, kind="stable")
+    ranked = brightness[order]
+    found = set()
+    for i in small:
+        window = order[np.searchsorted(ranked, brightness[i] - SMALL_IMAGE_DIFFERENCE):
+                       np.searchsorted(ranked, brightness[i] + SMALL_IMAGE_DIFFERENCE, "right")]
+        close = window[np.abs(averages[window] - averages[i]).mean(axis=1)
+                       <= SMALL_IMAGE_DIFFERENCE]
+        found.update((int(min(i, j)), int(max(i, j))) for j in close if j != i)
+    return sorted(found)
 
 
 def duplicate_table(images: pd.DataFrame) -> pd.DataFrame:

@@ -201,7 +201,7 @@ def _damage(folder: Path) -> str:
 def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str,
                      left_out: dict[str, str]) -> None:
     """Build the processed folder out of sight and swap it in only when complete."""
-    images = split_images(scan.images, data).drop(columns="phash")
+    images = split_images(scan.images, data).drop(columns=["phash", "average"])
     class_index = {name: i for i, name in enumerate(scan.class_names)}
     progress = tqdm(total=len(images), desc=f"preprocessing {scan.folder.name}", unit="img",
                     leave=False, mininterval=1.0, disable=None)

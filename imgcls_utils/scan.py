@@ -32,8 +32,9 @@ from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPOR
 # A thumbnail this size is plenty for a 64 x 64 pHash and decodes JPEGs at 1/8 scale.
 HASH_THUMBNAIL_SIDE = 128
 CACHE_SUFFIX = ".scan-cache.json"
-CACHE_VERSION = 1  # bump when a record's fields or the checks change
-IMAGE_COLUMNS = ["path", "label", "width", "height", "mode", "format", "frames", "sha256", "phash"]
+CACHE_VERSION = 2  # bump when a record's fields or the checks change
+IMAGE_COLUMNS = ["path", "label", "width", "height", "mode", "format", "frames", "sha256", "phash",
+                 "average"]
 SKIPPED_COLUMNS = ["path", "problem", "reason"]
 
 
@@ -41,7 +42,8 @@ SKIPPED_COLUMNS = ["path", "problem", "reason"]
 class ScanResult:
     """What a scan found under ``folder``.
 
-    ``images``: usable images (path, label, size, mode, format, frames, sha256, phash, group);
+    ``images``: usable images (path, label, size, mode, format, frames, sha256, perceptual hash,
+    8 x 8 average, group);
     ``skipped``: every other file with a ``problem`` category and a ``reason``;
     ``duplicates``: every image that has copies, by group (including excluded conflicting ones);
     ``class_folders``: the names of all class folders, usable images or not.
@@ -212,7 +214,9 @@ def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
             problem = _header_problem(facts, limits)
             if problem:
                 return {**record, "problem": problem[0], "reason": problem[1]}
-            phash = duplicates.perceptual_hash(decode_thumbnail(image, HASH_THUMBNAIL_SIDE))
+            thumbnail = decode_thumbnail(image, HASH_THUMBNAIL_SIDE)
+            phash = duplicates.perceptual_hash(thumbnail)
+            average = duplicates.small_average(thumbnail)
     except Image.DecompressionBombError as error:
         return {**record, "problem": "too large", "reason": f"not opened: {error}"}
     except UnidentifiedImageError:
@@ -220,7 +224,7 @@ def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
                 "reason": f"not an image: named {path.suffix}, but no known image format inside"}
     except DECODE_ERRORS as error:
         return {**record, "problem": "corrupt", "reason": f"truncated or corrupt image: {error}"}
-    return {**record, **facts, "sha256": file_sha256(path), "phash": phash}
+    return {**record, **facts, "sha256": file_sha256(path), "phash": phash, "average": average}
 
 
 def _header_problem(facts: dict, limits: Limits) -> tuple[str, str] | None:

@@ -60,7 +60,7 @@ def test_model_training_notebook_trains_a_transfer_model(project, tmp_path):
     model, class_names, config = load_model_folder(model_dir)
     assert config["model"]["family"] == "transfer" and class_names == [str(d) for d in range(10)]
     assert "backbone" in {layer.name for layer in model.layers}
-    assert json.loads((model_dir / "metrics.json").read_text())["test_images"] == 270
+    assert json.loads((model_dir / "metrics.json").read_text())["test_images"] == 271
     executed = nbformat.read(output, as_version=4)
     text = "".join(out.get("text", "") for cell in executed.cells for out in cell.get("outputs", []))
     assert "saved Trained_Models/transfer_run" in text
