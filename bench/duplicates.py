@@ -27,11 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from imgcls_utils import duplicates  # noqa: E402
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
 from imgcls_utils.images import decode_thumbnail  # noqa: E402
 from imgcls_utils.scan import HASH_THUMBNAIL_SIDE  # noqa: E402
 from tests.sample_files import photo  # noqa: E402
 
 FASHION_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+DEFAULT_DISTANCE = load_config(REPO / CONFIG_RELATIVE_PATH).data.near_duplicate_distance
 
 
 def measures(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +79,9 @@ def enlarged(sides):
 
 
 def resized(image: Image.Image) -> list[Image.Image]:
-    return [encoded(image.resize((round(image.width * scale), round(image.height * scale)),
-                                 Image.Resampling.LANCZOS), "JPEG") for scale in (0.5, 0.75, 1.5, 2)]
+    sizes = [(round(image.width * scale), round(image.height * scale))
+             for scale in (0.5, 0.75, 1.5, 2)]
+    return [encoded(image.resize(size, Image.Resampling.LANCZOS), "JPEG") for size in sizes]
 
 
 def row(name: str, copies, distinct) -> str:
@@ -104,9 +107,10 @@ def main() -> None:
           "distinct other class: bits, smallest | copies: 8x8 difference, largest | "
           "distinct same class: difference, smallest | distinct other class: difference, "
           "smallest |\n|---|---|---|---|---|---|---|")
+    digit_pairs = distinct_distances(digit_images, digits.target)
     print(row("digits 8x8, enlarged to 16-128 px (PNG, JPEG)",
-              copy_distances(digit_images[::6], enlarged((16, 40, 55, 80, 128))),
-              distinct_distances(digit_images, digits.target)), flush=True)
+              copy_distances(digit_images[::6], enlarged((16, 40, 55, 80, 128))), digit_pairs),
+          flush=True)
     print(row("photos 96x72, resized x0.5-x2 (JPEG)", copy_distances(photos, resized),
               distinct_distances(photos, np.arange(len(photos)))), flush=True)
     if FASHION_TEST.is_file():
@@ -120,6 +124,10 @@ def main() -> None:
                   distinct_distances(fashion, labels[:3000])))
     print(f"\nthresholds: {duplicates.SMALL_IMAGE_DIFFERENCE} gray levels for images under "
           f"{duplicates.SMALL_SIDE} px; the config's near_duplicate_distance bits otherwise")
+    bits, differences, _ = digit_pairs
+    print(f"pairs of distinct digits (of {len(bits):,}) within them: "
+          f"{int((differences <= duplicates.SMALL_IMAGE_DIFFERENCE).sum())} by the 8x8 averages, "
+          f"{int((bits <= DEFAULT_DISTANCE).sum())} by the hash at {DEFAULT_DISTANCE} bits")
 
 
 if __name__ == "__main__":

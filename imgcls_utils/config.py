@@ -348,7 +348,8 @@ def _type_hint(value: Any) -> str:
     if isinstance(value, bool):
         return " (YAML reads an unquoted off, on, no or yes as false or true)"
     if value is None:
-        return " (null is no setting in imgcls: write none to turn a feature off, auto to let it choose)"
+        return (" (null is no setting in imgcls: write none to turn a feature off, auto to let it "
+                "choose)")
     return ""
 
 

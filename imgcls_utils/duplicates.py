@@ -4,7 +4,8 @@ Near-duplicates are found with a 256-bit perceptual hash (pHash: which of an ima
 lowest DCT frequencies lie above their median), which survives re-encoding and resizing. The
 common 64-bit pHash is too coarse for small images: on Fashion-MNIST's 28x28 pictures distinct
 items of different classes collide at 2 bits apart, while at 256 bits distinct items stay
-about twice as far apart as JPEG copies of photos at half to twice the size (bench/README.md). Pictures with almost no detail (a blurred gradient, a clear sky) have no stable
+about twice as far apart as JPEG copies of photos at half to twice the size (bench/README.md).
+Pictures with almost no detail (a blurred gradient, a clear sky) have no stable
 hash, and copies of them are found only when identical. Copies are joined into groups
 transitively (union-find), so a split can keep each group on one side.
 

@@ -128,14 +128,14 @@ def prepare_from_scan(scan: ScanResult, data: Section, processed_dir: Path) -> P
     folder = processed_folder(scan.folder, processed_dir, data)
     key = fingerprint(scan, data)
     with locked(folder):
-        reused = _is_built_from(folder, key)
-        if reused and (damage := _damage(folder)):
+        info = _built_info(folder)
+        reused = info is not None and info["fingerprint"] == key
+        if reused and (damage := _damage(folder, info)):
             warn(f"{folder} is damaged ({damage}); rebuilding it")
             reused = False
         if not reused:
-            _write_processed(scan, data, folder, key, left_out)
+            info = _write_processed(scan, data, folder, key, left_out)
         os.utime(folder / DATASET_INFO)  # when it was last used: see processed_variants
-        info = json.loads((folder / DATASET_INFO).read_text())
         images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str})
     return PreparedData(folder, scan.folder, images, info["class_names"],
                         tuple(info["image_size"]), info["channels"], key, reused,
@@ -181,15 +181,16 @@ def remove_variants(processed_dir: Path, keep: Path) -> list[str]:
     return removed
 
 
-def _is_built_from(folder: Path, key: str) -> bool:
+def _built_info(folder: Path) -> dict | None:
+    """The ``dataset.json`` of a built processed folder, or None."""
     info_path = folder / DATASET_INFO
-    return info_path.is_file() and json.loads(info_path.read_text())["fingerprint"] == key
+    return json.loads(info_path.read_text()) if info_path.is_file() else None
 
 
-def _damage(folder: Path) -> str:
+def _damage(folder: Path, info: dict) -> str:
     """What is wrong with a built folder's files (one missing, or its size or sha256 changed
-    since it was written), or an empty string."""
-    for name, (size, digest) in json.loads((folder / DATASET_INFO).read_text())["files"].items():
+    since it was written, as ``info`` records them), or an empty string."""
+    for name, (size, digest) in info["files"].items():
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
@@ -199,8 +200,9 @@ def _damage(folder: Path) -> str:
 
 
 def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str,
-                     left_out: dict[str, str]) -> None:
-    """Build the processed folder out of sight and swap it in only when complete."""
+                     left_out: dict[str, str]) -> dict:
+    """Build the processed folder out of sight and swap it in only when complete; returns
+    what its ``dataset.json`` holds."""
     images = split_images(scan.images, data).drop(columns=["phash", "average"])
     class_index = {name: i for i, name in enumerate(scan.class_names)}
     progress = tqdm(total=len(images), desc=f"preprocessing {scan.folder.name}", unit="img",
@@ -227,6 +229,7 @@ def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str,
                 "files": {name: [(building / name).stat().st_size, file_sha256(building / name)]
                           for name in relative_files(building)}}
         (building / DATASET_INFO).write_text(json.dumps(info, indent=2))
+    return info
 
 
 def _write_shards(rows: pd.DataFrame, source: Path, prefix: Path, class_index: dict,

@@ -71,7 +71,8 @@ class Limits:
     @classmethod
     def from_config(cls, data: Section) -> Limits:
         distance = data.near_duplicate_distance
-        return cls(tuple(data.min_image_size), data.max_pixels, None if distance == "none" else distance)
+        return cls(tuple(data.min_image_size), data.max_pixels,
+                   None if distance == "none" else distance)
 
 
 def scan_image_folder(folder: Path, data: Section | None = None,
