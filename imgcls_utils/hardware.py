@@ -133,13 +133,20 @@ def choose_hardware(hardware: Section) -> Hardware:
     gpus = tf.config.list_physical_devices("GPU")
     strategy = _strategy(hardware.strategy, gpus)
     on_gpu = bool(gpus) and hardware.strategy != "cpu"
-    if hardware.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    _set_op_determinism(hardware.deterministic)
     return Hardware(strategy=strategy,
                     precision=_precision(hardware.mixed_precision, gpus if on_gpu else []),
                     jit_compile=on_gpu if hardware.jit_compile == "auto" else hardware.jit_compile,
                     steps_per_execution=hardware.steps_per_execution,
                     deterministic=hardware.deterministic)
+
+
+def _set_op_determinism(enabled: bool) -> None:
+    """TensorFlow's switch is process-wide, so a run without determinism after one with it (a
+    re-run notebook, a benchmark) turns it off again; TensorFlow exports only the way on."""
+    from tensorflow.python.framework import config as tf_config
+
+    (tf_config.enable_op_determinism if enabled else tf_config.disable_op_determinism)()
 
 
 def _strategy(choice: str, gpus: list) -> tf.distribute.Strategy:

@@ -12,6 +12,10 @@ from .processed import PreparedData
 from .split import SPLITS
 
 READ_BUFFER_BYTES = 1 << 20
+STATISTICS = "statistics"
+# Training images the batch-norm statistics are recomputed on before each validation: enough for
+# the averages to settle (their error shrinks with the square root), few enough to cost little.
+STATISTICS_IMAGES = 4096
 
 
 def should_cache(prepared: PreparedData, data: Section) -> bool:
@@ -24,12 +28,21 @@ def should_cache(prepared: PreparedData, data: Section) -> bool:
 
 
 def make_datasets(cfg: Config, prepared: PreparedData) -> dict:
-    """Train (shuffled, augmented), val and test datasets of a prepared dataset."""
+    """Train (shuffled, augmented), val and test datasets of a prepared dataset, and
+    ``statistics``: a shuffled sample of unaugmented training batches, the images the model sees
+    at inference time, for recomputing batch-norm statistics."""
     augmentation = build_augmentation(cfg.augment, cfg.data.seed)
-    return {split: make_dataset(prepared, split, cfg.train.batch_size, training=split == "train",
-                                cache=should_cache(prepared, cfg.data),
-                                augmentation=augmentation, seed=cfg.data.seed)
-            for split in SPLITS}
+    cache = should_cache(prepared, cfg.data)
+    datasets = {split: make_dataset(prepared, split, cfg.train.batch_size,
+                                    training=split == "train", cache=cache,
+                                    augmentation=augmentation, seed=cfg.data.seed)
+                for split in SPLITS}
+    batches = -(-min(STATISTICS_IMAGES, prepared.count("train")) // cfg.train.batch_size)
+    # Not cached: it reads only its first batches (the shards are in random order) each time.
+    datasets[STATISTICS] = make_dataset(
+        prepared, "train", cfg.train.batch_size, training=True, cache=False,
+        seed=cfg.data.seed).map(lambda images, labels: images).take(batches)
+    return datasets
 
 
 def make_dataset(prepared: PreparedData, split: str, batch_size: int, *, training: bool = False,

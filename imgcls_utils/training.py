@@ -24,6 +24,7 @@ from .checkpoints import RunCheckpoint, RunState
 from .config import Section
 from .errors import UserError
 from .hardware import Hardware
+from .input_pipeline import STATISTICS
 from .models import has_frozen_backbone, unfreeze_top_layers
 from .runtime import keras, tf
 
@@ -149,6 +150,56 @@ def class_weights(train: Section, label_counts: list[int]) -> dict[int, float] |
     return {label: total / (classes * count) for label, count in enumerate(label_counts) if count}
 
 
+# ----------------------------------------------------------------------------- batch norm
+
+def updating_batch_norm_layers(model: keras.Model) -> list:
+    """The batch-normalization layers whose moving statistics training updates (trainable ones;
+    a frozen pretrained backbone's keep the statistics learned on its own data)."""
+    found, layers = [], list(model.layers)
+    while layers:
+        layer = layers.pop(0)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            found.append(layer)
+        layers.extend(getattr(layer, "layers", []))
+    return found
+
+
+def refresh_batch_norm_statistics(model: keras.Model, images) -> int:
+    """Set every updating batch-norm layer's moving mean and variance to the exact average over
+    the batches of ``images`` (what stochastic weight averaging does after averaging): training
+    mode computes each batch's statistics, and a momentum of ``k / (k + 1)`` at batch ``k``
+    turns the moving average into the running mean. Returns the number of batches used."""
+    layers = updating_batch_norm_layers(model)
+    momenta = [layer.momentum for layer in layers]
+    batches = 0
+    try:
+        for batches, batch in enumerate(images if layers else [], start=1):
+            for layer in layers:
+                layer.momentum = (batches - 1) / batches
+            model(batch, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return batches
+
+
+class BatchNormRefresh(keras.callbacks.Callback):
+    """Recompute the batch-norm statistics before every validation, so the validation metrics,
+    the checkpoints and the saved model all use statistics of the current weights.
+
+    Why: the exponential moving averages lag. On the 1,257 training digits (20 steps per epoch)
+    the moving variance of the first layer was 2-16 times the true one after two epochs, and the
+    model in inference mode predicted one class for every image (validation accuracy 0.10 while
+    training accuracy was 0.61)."""
+
+    def __init__(self, images):
+        super().__init__()
+        self.images = images
+
+    def on_test_begin(self, logs=None):
+        refresh_batch_norm_statistics(self.model, self.images)
+
+
 # ----------------------------------------------------------------------------- fit
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -192,7 +243,8 @@ def train_model(model: keras.Model, datasets: dict, train: Section, transfer: Se
                 run_folder: Path, *, hardware: Hardware | None = None,
                 class_weight: dict[int, float] | None = None, callbacks: list | None = None,
                 identity: dict[str, str] | None = None) -> pd.DataFrame:
-    """Fit every phase on ``datasets["train"]``, validating on ``datasets["val"]``, continuing
+    """Fit every phase on ``datasets["train"]``, validating on ``datasets["val"]`` (with the
+    batch-norm statistics recomputed on ``datasets["statistics"]`` first, when given), continuing
     from the state saved in ``run_folder`` if there is one (and, given the run's ``identity``,
     ``checkpoints.run_identity``, only if it is unchanged); the model ends with the weights of
     its best validation epoch.
@@ -222,7 +274,9 @@ def _fit_phase(model, datasets: dict, train: Section, phase: Phase, state: RunSt
     standard = training_callbacks(train, state.run_folder)
     first_epoch = state.phase(phase.name)["first_epoch"]
     # The checkpoint goes last: it saves what the others did in the epoch (counters, logs).
-    callbacks = [*standard, *extra_callbacks, RunCheckpoint(state, phase.name, standard)]
+    refresh = ([BatchNormRefresh(datasets[STATISTICS])]
+               if STATISTICS in datasets and updating_batch_norm_layers(model) else [])
+    callbacks = [*refresh, *standard, *extra_callbacks, RunCheckpoint(state, phase.name, standard)]
     model.fit(datasets["train"], validation_data=datasets["val"], initial_epoch=state.epochs_done(),
               epochs=first_epoch + phase.epochs, class_weight=class_weight, callbacks=callbacks,
               verbose=train.verbose, shuffle=False)  # the training dataset shuffles itself

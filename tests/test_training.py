@@ -207,7 +207,7 @@ def test_runs_with_the_same_seed_and_deterministic_ops_train_identically(project
     for _ in range(2):  # in fresh processes: op determinism cannot be switched off again
         done, _ = imgcls("train", *options, cwd=project)
         assert done.returncode == 0, done.stderr
-        folder = done.stdout.split("model folder: ")[1].strip()
+        folder = done.stdout.split("model folder: ")[1].split("\n")[0].strip()
         histories.append(pd.read_csv(f"{folder}/history.csv"))
         manifest = json.loads((project / folder / "manifest.json").read_text())
         assert manifest["hardware"]["deterministic"] is True
@@ -289,3 +289,42 @@ def test_resume_refuses_a_changed_config_data_or_tensorflow_on_the_command_line(
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1] == (
             f"imgcls: {run_folder} cannot be resumed: {reason}; start a new run")
+
+
+def test_refreshed_batch_norm_statistics_are_the_averages_over_the_batches():
+    inputs = keras.Input((4, 4, 1))
+    features = keras.layers.Conv2D(3, 3, name="conv")(inputs)
+    normalized = keras.layers.BatchNormalization(momentum=0.9, name="bn")(features)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(normalized)))
+    batches = [np.random.default_rng(seed).normal(seed, 1 + seed, (8, 4, 4, 1)).astype("float32")
+               for seed in range(3)]
+
+    assert training.refresh_batch_norm_statistics(model, batches) == 3
+
+    conv = keras.Model(inputs, features)
+    outputs = [np.asarray(conv(batch)).reshape(-1, 3) for batch in batches]
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(np.asarray(bn.moving_mean),
+                               np.mean([o.mean(axis=0) for o in outputs], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance),
+                               np.mean([o.var(axis=0) for o in outputs], axis=0), rtol=1e-4)
+    assert bn.momentum == 0.9
+
+
+def test_frozen_batch_norm_layers_keep_their_statistics():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="frozen"),
+                              keras.layers.BatchNormalization(name="learning")])
+    model.get_layer("frozen").trainable = False
+    assert [layer.name for layer in training.updating_batch_norm_layers(model)] == ["learning"]
+    training.refresh_batch_norm_statistics(model, [np.full((4, 3), 5.0, "float32")])
+    assert np.all(np.asarray(model.get_layer("frozen").moving_mean) == 0)
+
+
+def test_validation_accuracy_tracks_training_accuracy_from_the_first_epoch(make_config):
+    """With moving averages alone, validation accuracy was 0.100 (one class for every image)
+    after each of the first two epochs, while training accuracy was 0.34 and 0.61."""
+    cfg = make_config(**{"train.epochs": 2, "train.verbose": 0,
+                         "train.classical_baselines": False})
+    history = model_utils.train(cfg).history
+    assert (history["val_accuracy"] > 0.3).all()
+    assert (history["val_accuracy"] >= history["accuracy"] - 0.05).all(), history
