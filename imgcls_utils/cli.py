@@ -79,8 +79,11 @@ def cmd_train(args) -> int:
     if not run.hardware.is_chief:
         print("training done; the chief worker evaluates and saves the model folder")
         return 0
+    from .baselines import comparison_line
+
     print(f"test accuracy: {run.evaluation.metrics['test_accuracy']:.4f}")
     print(f"model folder: {run.model_folder}")
+    print(comparison_line(run.evaluation.metrics))
     return 0
 
 

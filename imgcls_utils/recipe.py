@@ -26,11 +26,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .baselines import fit_baselines
 from .checkpoints import CHECKPOINT_DIR, run_identity
 from .config import Config
 from .evaluation import classification_metrics, labels_and_probabilities
 from .hardware import choose_hardware
-from .input_pipeline import make_datasets
+from .input_pipeline import STATISTICS, make_datasets
 from .model_folders import new_run_folder, resumable_folder, save_model_folder
 from .models import build_model
 from .plots import plot_confusion_matrix, plot_training_curves
@@ -80,7 +81,8 @@ class TrainingRun:
     def prepare_data(self) -> PreparedData:
         """Scan, split and preprocess the source (reused when unchanged); make the datasets."""
         self.prepared = prepare_data(self.cfg)
-        self.datasets = {split: self.hardware.shardable(dataset)
+        # Every worker recomputes batch-norm statistics on the same (unsharded) sample.
+        self.datasets = {split: dataset if split == STATISTICS else self.hardware.shardable(dataset)
                          for split, dataset in make_datasets(self.cfg, self.prepared).items()}
         return self.prepared
 
@@ -107,10 +109,13 @@ class TrainingRun:
         return self.history
 
     def evaluate(self) -> Evaluation:
-        """Predict the test split once; metrics, confusion matrix and top losses come from it."""
+        """Predict the test split once; metrics, confusion matrix and top losses come from it.
+        With ``train.classical_baselines``, the metrics hold the baselines' results too."""
         y_true, probabilities = labels_and_probabilities(self.model, self.datasets["test"])
-        self.evaluation = Evaluation(y_true, probabilities, classification_metrics(
-            y_true, probabilities, self.prepared.class_names))
+        metrics = classification_metrics(y_true, probabilities, self.prepared.class_names)
+        if self.cfg.train.classical_baselines:
+            metrics["baselines"] = fit_baselines(self.prepared)
+        self.evaluation = Evaluation(y_true, probabilities, metrics)
         return self.evaluation
 
     def save(self) -> Path:

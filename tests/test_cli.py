@@ -36,7 +36,7 @@ def train_from_the_shell(source, project) -> tuple[subprocess.CompletedProcess, 
     done, _ = imgcls("train", "--set", f"data.source={source}", "--set", "train.epochs=1",
                      "--set", "data.image_size=[16,16]", "--set", "train.verbose=0", cwd=project)
     assert done.returncode == 0, done.stderr
-    return done, done.stdout.split("model folder: ")[1].strip()
+    return done, done.stdout.split("model folder: ")[1].split("\n")[0].strip()
 
 
 def test_train_then_predict_from_the_shell(project, class_folder):

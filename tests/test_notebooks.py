@@ -41,7 +41,7 @@ def test_the_notebook_and_the_command_line_train_the_same_model(project, tmp_pat
                            *[f"--set={key}={json.dumps(value)}" for key, value in run.items()]],
                           cwd=project, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    from_cli = Path(done.stdout.split("model folder: ")[1].strip())
+    from_cli = Path(done.stdout.split("model folder: ")[1].split("\n")[0].strip())
     notebook, cli = (json.loads((folder / "metrics.json").read_text())
                      for folder in (from_notebook, from_cli))
     assert notebook["test_accuracy"] > 0.5  # it learned: the equality below is not two guesses
