@@ -16,6 +16,7 @@ import pandas as pd
 
 from .config import Section
 from .errors import DataError, warn
+from .sources import part_and_class
 
 if TYPE_CHECKING:
     from .scan import ScanResult
@@ -27,7 +28,8 @@ def class_status(scan: ScanResult, data: Section) -> pd.DataFrame:
     """One row per class folder, by name: its usable images, the files skipped in it, whether
     the config chose it, and why it is not trained (empty when it is)."""
     usable = scan.images["label"].value_counts()
-    skipped = scan.skipped.assign(label=scan.skipped["path"].str.split("/").str[0])
+    skipped = scan.skipped.assign(label=[part_and_class(path, scan.official_split)[1]
+                                         for path in scan.skipped["path"]])
     rows = []
     for name in scan.class_folders:
         problems = skipped.loc[skipped["label"] == name, "problem"]

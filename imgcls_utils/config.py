@@ -133,6 +133,8 @@ RULES: dict[str, Rule] = {
     "data.train_fraction": fraction(low_open=True),
     "data.val_fraction": fraction(low_open=True),
     "data.test_fraction": fraction(low_open=True),
+    "data.test_split": choice("fraction", "source"),
+    "data.test_copies_in_train": choice("keep", "exclude"),
     "data.seed": integer(0),
     "data.class_names": either("auto", folder_names(), "a list of names"),
     "data.classes": either("all", folder_names(), "a list of class folders"),

@@ -38,7 +38,7 @@ SHARD_SIZE = 2048
 DECODE_CHUNK = 256  # images decoded ahead of the writer: bounds memory for large image sizes
 # Bump when the shard or split table layout changes, so that older processed folders are rebuilt,
 # not misread.
-PROCESSED_FORMAT = 5
+PROCESSED_FORMAT = 6
 # Settings that change how data is found or read, not what is written to Processed_Data.
 NOT_FINGERPRINTED = {"source", "cache", "cache_budget_mb"}
 SPLIT_TABLE = "split.csv"
@@ -136,7 +136,7 @@ def prepare_from_scan(scan: ScanResult, data: Section, processed_dir: Path) -> P
         if not reused:
             info = _write_processed(scan, data, folder, key, left_out)
         os.utime(folder / DATASET_INFO)  # when it was last used: see processed_variants
-        images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str})
+        images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str, "part": str})
     return PreparedData(folder, scan.folder, images, info["class_names"],
                         tuple(info["image_size"]), info["channels"], key, reused,
                         info["left_out_classes"])

@@ -28,13 +28,16 @@ from .files import file_sha256, write_atomically
 from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS,
                      decode_thumbnail, is_hidden, load_image, pixel_limit_checked_by_caller,
                      too_many_pixels)
+from .sources import (TEST_PART, TRAIN_PART, has_official_split, part_and_class, resolve_source,
+                      subfolders)
+from .split import copies_of_test_images
 
 # A thumbnail this size is plenty for a 64 x 64 pHash and decodes JPEGs at 1/8 scale.
 HASH_THUMBNAIL_SIDE = 128
 CACHE_SUFFIX = ".scan-cache.json"
-CACHE_VERSION = 2  # bump when a record's fields or the checks change
-IMAGE_COLUMNS = ["path", "label", "width", "height", "mode", "format", "frames", "sha256", "phash",
-                 "average"]
+CACHE_VERSION = 3  # bump when a record's fields or the checks change
+IMAGE_COLUMNS = ["path", "label", "part", "width", "height", "mode", "format", "frames", "sha256",
+                 "phash", "average"]
 SKIPPED_COLUMNS = ["path", "problem", "reason"]
 
 
@@ -42,11 +45,12 @@ SKIPPED_COLUMNS = ["path", "problem", "reason"]
 class ScanResult:
     """What a scan found under ``folder``.
 
-    ``images``: usable images (path, label, size, mode, format, frames, sha256, perceptual hash,
-    8 x 8 average, group);
+    ``images``: usable images (path, label, official part, size, mode, format, frames, sha256,
+    perceptual hash, 8 x 8 average, group);
     ``skipped``: every other file with a ``problem`` category and a ``reason``;
     ``duplicates``: every image that has copies, by group (including excluded conflicting ones);
-    ``class_folders``: the names of all class folders, usable images or not.
+    ``class_folders``: the names of all class folders, usable images or not;
+    ``official_split``: whether ``folder`` is ``train/`` and ``test/`` folders of class folders.
     """
 
     folder: Path
@@ -54,6 +58,7 @@ class ScanResult:
     skipped: pd.DataFrame
     duplicates: pd.DataFrame
     class_folders: list[str]
+    official_split: bool
 
     @property
     def class_names(self) -> list[str]:
@@ -77,15 +82,18 @@ class Limits:
 
 def scan_image_folder(folder: Path, data: Section | None = None,
                       cache_file: Path | None = None) -> ScanResult:
-    """Account for every file under ``folder`` (``<folder>/<class>/.../<image>``): each is a
-    usable image or skipped with a reason. ``data`` supplies the size limits and the
-    near-duplicate distance; without it only Pillow's own limit and identical copies apply.
-    With ``cache_file``, files unchanged since the last scan are not read again."""
+    """Account for every file under ``folder`` (``<folder>/<class>/.../<image>``, or
+    ``<folder>/{train,test}/<class>/.../<image>``): each is a usable image or skipped with a
+    reason. ``data`` supplies the size limits and the near-duplicate distance; without it only
+    Pillow's own limit and identical copies apply. With ``cache_file``, files unchanged since
+    the last scan are not read again."""
     folder = Path(folder)
     limits = Limits.from_config(data) if data is not None else Limits()
-    candidates, skipped = _walk(folder)
+    official = has_official_split(folder)
+    candidates, skipped = _walk(folder, official)
     records = _inspect_all(folder, candidates, limits, cache_file)
-    images = pd.DataFrame([r for r in records if "reason" not in r], columns=IMAGE_COLUMNS)
+    images = pd.DataFrame([_placed(r, official) for r in records if "reason" not in r],
+                          columns=IMAGE_COLUMNS)
     skipped += [r for r in records if "reason" in r]
     images = images.sort_values("path").reset_index(drop=True)
     images["group"] = duplicates.find_groups(images, limits.near_duplicate_distance)
@@ -94,14 +102,12 @@ def scan_image_folder(folder: Path, data: Section | None = None,
     skipped += [_conflict_record(conflicting, row) for row in conflicting.itertuples()]
     images = images[~images["path"].isin(conflicting["path"])].reset_index(drop=True)
     skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).sort_values("path", ignore_index=True)
-    return ScanResult(folder, images, skipped, table, _class_folders(folder))
+    return ScanResult(folder, images, skipped, table, _class_folders(folder, official), official)
 
 
 def scan_source(cfg: Config) -> ScanResult:
     """Resolve ``data.source`` (materializing a built-in source) and scan it with the ``data``
     limits, keeping a cache of per-file results in ``paths.processed_dir``."""
-    from .sources import resolve_source
-
     folder = resolve_source(cfg.data, cfg.path("raw_dir"))
     cache_file = cfg.path("processed_dir") / f"{folder.name}{CACHE_SUFFIX}"
     return scan_image_folder(folder, cfg.data, cache_file)
@@ -109,12 +115,14 @@ def scan_source(cfg: Config) -> ScanResult:
 
 # ----------------------------------------------------------------------------- walk
 
-def _class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_dir() and not p.is_symlink() and not is_hidden(p.name))
+def _class_folders(folder: Path, official_split: bool) -> list[str]:
+    """The class folders: those at the top, or those in ``train/`` and ``test/``, pooled."""
+    if not official_split:
+        return subfolders(folder)
+    return sorted({*subfolders(folder / TRAIN_PART), *subfolders(folder / TEST_PART)})
 
 
-def _walk(folder: Path) -> tuple[dict[str, list[int]], list[dict]]:
+def _walk(folder: Path, official_split: bool) -> tuple[dict[str, list[int]], list[dict]]:
     """The files to inspect (relative path -> ``_stamp``), and skip records for files that
     cannot be images at all (outside a class folder, wrong extension, symlinks not followed)."""
     if not folder.is_dir():
@@ -130,7 +138,7 @@ def _walk(folder: Path) -> tuple[dict[str, list[int]], list[dict]]:
             if entry.is_dir(follow_symlinks=False):
                 visit(entry.path, relative + "/")
                 continue
-            problem = _path_problem(entry, relative, root)
+            problem = _path_problem(entry, relative, root, official_split)
             if problem:
                 skipped.append({"path": relative, "problem": problem[0], "reason": problem[1]})
             else:
@@ -140,7 +148,8 @@ def _walk(folder: Path) -> tuple[dict[str, list[int]], list[dict]]:
     return candidates, skipped
 
 
-def _path_problem(entry: os.DirEntry, relative: str, root: Path) -> tuple[str, str] | None:
+def _path_problem(entry: os.DirEntry, relative: str, root: Path,
+                  official_split: bool) -> tuple[str, str] | None:
     """Why a file cannot be an image of the dataset, judged from its name and link alone."""
     if entry.is_symlink():
         target = Path(entry.path).resolve()
@@ -150,7 +159,7 @@ def _path_problem(entry: os.DirEntry, relative: str, root: Path) -> tuple[str, s
             return "symlink", f"symlink to {target}, outside the source folder: not followed"
         if target.is_dir():  # never followed: it could loop, or count images twice
             return "symlink", f"symlinked folder -> {os.readlink(entry.path)}: not followed"
-    if "/" not in relative:
+    if not part_and_class(relative, official_split)[1]:
         return "not in a class folder", "file outside the class folders: it has no label"
     extension = os.path.splitext(entry.name)[1]
     if extension.lower() not in IMAGE_EXTENSIONS:
@@ -203,9 +212,10 @@ def _write_cache(cache_file: Path, key: dict, files: dict) -> None:
 
 
 def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
-    """One file's facts (header, content hash, perceptual hash), or its problem and reason."""
+    """One file's facts (header, content hash, perceptual hash), or its problem and reason (its
+    class and official part come from its path: see ``_placed``)."""
     path = folder / relative
-    record = {"path": relative, "label": relative.split("/", 1)[0]}
+    record = {"path": relative}
     if path.stat().st_size == 0:
         return {**record, "problem": "empty", "reason": "empty file (0 bytes)"}
     try:
@@ -226,6 +236,12 @@ def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
     except DECODE_ERRORS as error:
         return {**record, "problem": "corrupt", "reason": f"truncated or corrupt image: {error}"}
     return {**record, **facts, "sha256": file_sha256(path), "phash": phash, "average": average}
+
+
+def _placed(record: dict, official_split: bool) -> dict:
+    """An inspected image's record with the class and official part its path gives it."""
+    part, label = part_and_class(record["path"], official_split)
+    return {**record, "label": label, "part": part}
 
 
 def _header_problem(facts: dict, limits: Limits) -> tuple[str, str] | None:
@@ -307,8 +323,10 @@ def pixel_statistics(scan: ScanResult, data: Section, max_images: int = 2000) ->
 
 def scan_report(scan: ScanResult, data: Section) -> str:
     """The whole scan as text: counts per class, imbalance, every skipped file with its reason,
-    animated images, duplicate groups and conflicting labels, and the classes that cannot be
-    trained (or that the config leaves out) with the reason."""
+    animated images, duplicate groups and conflicting labels (with ``data.test_split: source``,
+    also those across the official train and test parts, which the split cannot keep on one
+    side), and the classes that cannot be trained (or that the config leaves out) with the
+    reason."""
     lines = [f"source: {scan.folder}",
              f"usable images: {len(scan.images)} in {len(scan.class_names)} classes; "
              f"skipped files: {len(scan.skipped)}"]
@@ -323,10 +341,14 @@ def scan_report(scan: ScanResult, data: Section) -> str:
                       [f"{r.path}: {r.format}, {r.frames} frames"
                        for r in animated_images(scan).itertuples()])
     lines += _section("duplicate groups (each kept on one side of the split)",
-                      [f"group {group} ({rows['match'].iloc[0]}"
-                       f"{', conflicting labels: excluded' if rows['conflict'].iloc[0] else ''}): "
-                       + ", ".join(f"{p} [{label}]" for p, label in zip(rows["path"], rows["label"]))
+                      [_group_line(group, rows)
                        for group, rows in scan.duplicates.groupby("group")])
+    if data.test_split == "source":
+        across = copies_of_test_images(scan.images)
+        crossing = scan.duplicates[scan.duplicates["group"].isin(scan.images["group"][across])]
+        lines += _section("duplicate groups across the official train and test parts (training "
+                          f"copies: data.test_copies_in_train is {data.test_copies_in_train})",
+                          [_group_line(group, rows) for group, rows in crossing.groupby("group")])
     status = class_status(scan, data)
     lines += _section("classes that cannot be trained",
                       [f"{name}: {reason}" for name, reason in untrainable(status).items()])
@@ -335,6 +357,12 @@ def scan_report(scan: ScanResult, data: Section) -> str:
         lines += _section("classes the config leaves out",
                           [f"{r['class']}: {r['reason']}" for _, r in chosen_out.iterrows()])
     return "\n".join(lines)
+
+
+def _group_line(group: int, rows: pd.DataFrame) -> str:
+    conflict = ", conflicting labels: excluded" if rows["conflict"].iloc[0] else ""
+    return (f"group {group} ({rows['match'].iloc[0]}{conflict}): "
+            + ", ".join(f"{p} [{label}]" for p, label in zip(rows["path"], rows["label"])))
 
 
 def _section(title: str, entries: list[str]) -> list[str]:

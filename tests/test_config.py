@@ -83,6 +83,8 @@ def test_unknown_key_with_wrong_section_suggests_by_name():
     ("transfer.input_size", 0, "allowed is auto or an integer >= 32"),
     ("hardware.mixed_precision", "off", "allowed is auto | float32 | mixed_float16"),
     ("data.val_fraction", 1.5, "data.val_fraction = 1.5: allowed is a number in (0, 1)"),
+    ("data.test_split", "official", "data.test_split = 'official': allowed is fraction | source"),
+    ("data.test_copies_in_train", "drop", "allowed is keep | exclude"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
     assert expected in problems_of(**{key: value})

@@ -89,7 +89,7 @@ def test_two_processes_preparing_the_same_source_at_once_agree(project):
 @pytest.mark.parametrize("setting", [{"data.min_image_size": [9, 9]},
                                      {"data.near_duplicate_distance": 4},
                                      {"data.max_pixels": 10_000}, {"data.folds": 2},
-                                     {"data.seed": 5}])
+                                     {"data.seed": 5}, {"data.test_copies_in_train": "exclude"}])
 def test_settings_that_shape_the_output_rebuild_and_cache_settings_do_not(class_folder,
                                                                          make_config, setting):
     data_utils.prepare_data(make_config(**small(class_folder)))

@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 
@@ -93,6 +94,32 @@ def test_report_lists_counts_imbalance_skips_and_groups(messy):
     assert "dog/tiny.png: 4 x 6 pixels is below data.min_image_size" in report
     assert "(near): fox/good1.png [fox], fox/good1_smaller.jpg [fox]" in report
     assert "(exact, conflicting labels: excluded)" in report
+
+
+def test_a_train_and_test_folder_is_read_as_official_parts_of_pooled_classes(tmp_path,
+                                                                            make_config):
+    folder = tmp_path / "official"
+    for part, label, seed in [("train", "cat", 1), ("train", "cat", 2), ("train", "dog", 3),
+                              ("test", "cat", 4), ("test", "bird", 5)]:
+        write_image(folder / part / label / f"{seed}.png", seed=seed)
+    shutil.copy(folder / "test" / "cat" / "4.png", folder / "train" / "cat" / "copy.png")
+    write_image(folder / "train" / "stray.png", seed=6)
+    (folder / "test" / "bird" / "empty.png").write_bytes(b"")
+    data = make_config(**{"data.test_split": "source"}).data
+    scan = data_utils.scan_image_folder(folder, data)
+    assert scan.official_split and scan.class_folders == ["bird", "cat", "dog"]
+    assert scan.images[["path", "part", "label"]].values.tolist() == [
+        ["test/bird/5.png", "test", "bird"], ["test/cat/4.png", "test", "cat"],
+        ["train/cat/1.png", "train", "cat"], ["train/cat/2.png", "train", "cat"],
+        ["train/cat/copy.png", "train", "cat"], ["train/dog/3.png", "train", "dog"]]
+    assert scan.skipped.set_index("path")["problem"].to_dict() == {
+        "test/bird/empty.png": "empty", "train/stray.png": "not in a class folder"}
+    status = data_utils.class_status(scan, data).set_index("class")
+    assert status[["usable", "skipped"]].values.tolist() == [[1, 1], [4, 0], [1, 0]]
+    report = data_utils.scan_report(scan, data)
+    assert ("duplicate groups across the official train and test parts (training copies: "
+            "data.test_copies_in_train is keep): 1") in report
+    assert "(exact): test/cat/4.png [cat], train/cat/copy.png [cat]" in report
 
 
 def test_class_counts_and_imbalance(class_folder):

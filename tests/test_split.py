@@ -1,3 +1,5 @@
+import math
+
 import pandas as pd
 import pytest
 
@@ -18,6 +20,67 @@ def with_copies(tmp_path, make_config):
             if i % 2:
                 write_copy(original, folder / label / f"{i:02d}_copy.jpg", scale=0.7)
     return scan_image_folder(folder, make_config().data).images
+
+
+@pytest.fixture
+def official(tmp_path, make_config):
+    """Scanned images of a folder that keeps an official test split: train/ 3 classes x 10
+    pictures, test/ 3 x 4 others, and train/cat/copy_of_test.jpg, a resized JPEG copy of
+    test/cat/00.png."""
+    folder = tmp_path / "official"
+    for c, label in enumerate(("cat", "dog", "fox")):
+        for i in range(10):
+            write_photo(folder / "train" / label / f"{i:02d}.png", seed=100 * c + i)
+        for i in range(4):
+            write_photo(folder / "test" / label / f"{i:02d}.png", seed=100 * c + 50 + i)
+    write_copy(folder / "test" / "cat" / "00.png", folder / "train" / "cat" / "copy_of_test.jpg",
+               scale=0.7)
+    return scan_image_folder(folder, make_config().data).images
+
+
+def test_source_test_split_is_the_test_folder_and_validation_comes_from_train(official,
+                                                                            make_config):
+    data = make_config(**{"data.test_split": "source"}).data
+    images = split.split_images(official, data)
+    assert images.equals(split.split_images(official.sample(frac=1, random_state=3), data))
+    test_folder = official.loc[official["path"].str.startswith("test/"), "path"]
+    assert len(test_folder) == 12 and set(images.loc[images["split"] == "test", "path"]) == set(
+        test_folder)
+    val = images[images["split"] == "val"]
+    assert (val["part"] == "train").all()
+    assert sorted(val["label"].unique()) == ["cat", "dog", "fox"]
+    assert len(val) == math.ceil(31 * 0.15 / (0.7 + 0.15))  # 31 distinct pictures in train/
+
+
+def test_fraction_split_pools_the_train_and_test_folders(official, make_config):
+    images = split.split_images(official, make_config().data)
+    sizes = data_utils.split_sizes(images)
+    assert sizes.index.tolist() == ["cat", "dog", "fox", "total"]
+    assert sizes.loc["total"].tolist() == [30, 6, 7, 43]  # 42 groups by 70/15/15 percent
+    assert ((images["part"] == "test") & (images["split"] != "test")).sum() >= 12 - 7
+    assert data_utils.groups_across_splits(images).empty
+
+
+def test_test_copies_in_train_are_kept_and_shown_as_leakage_or_excluded(official, make_config,
+                                                                       capsys):
+    source = {"data.test_split": "source", "data.folds": 2}
+    kept = split.split_images(official, make_config(**source).data)
+    leaks = data_utils.groups_across_splits(kept)
+    assert leaks["path"].tolist() == ["test/cat/00.png", "train/cat/copy_of_test.jpg"]
+    assert kept.set_index("path").loc["test/cat/00.png", "fold"] == -1
+    capsys.readouterr()
+    excluded = split.split_images(official, make_config(**source, **{
+        "data.test_copies_in_train": "exclude"}).data)
+    assert "excluded 1 image(s) of the official train part" in capsys.readouterr().err
+    assert set(official["path"]) - set(excluded["path"]) == {"train/cat/copy_of_test.jpg"}
+    assert data_utils.groups_across_splits(excluded).empty
+
+
+def test_source_test_split_needs_images_from_the_official_test_part(class_folder, make_config):
+    images = scan_image_folder(class_folder).images
+    with pytest.raises(DataError, match="no image to train on comes from the source's official "
+                                        "test part"):
+        split.split_images(images, make_config(**{"data.test_split": "source"}).data)
 
 
 def test_split_is_stratified_and_reproducible(class_folder, make_config):
