@@ -16,8 +16,7 @@ from .classes import class_status, trainable_classes
 from .errors import DataError
 from .images import load_image
 from .input_pipeline import build_augmentation, make_dataset, make_datasets, should_cache
-from .processed import (current_variant, prepare_data, prepare_from_scan, processed_variants,
-                        remove_variants)
+from .processed import current_variant, prepare_data, processed_variants, remove_variants
 from .scan import (class_counts, image_size_summary, load_samples, pixel_statistics,
                    scan_image_folder, scan_report, scan_source)
 from .sources import resolve_source
@@ -26,7 +25,7 @@ from .split import SPLITS, groups_across_splits, split_sizes
 __all__ = [
     "DataError", "SPLITS", "build_augmentation", "class_counts", "class_status", "current_variant",
     "groups_across_splits", "image_size_summary", "load_image", "load_samples", "make_dataset",
-    "make_datasets", "pixel_statistics", "prepare_data", "prepare_from_scan", "processed_variants",
+    "make_datasets", "pixel_statistics", "prepare_data", "processed_variants",
     "remove_variants", "resolve_source",
     "scan_image_folder", "scan_report", "scan_source", "should_cache", "split_sizes",
     "trainable_classes",

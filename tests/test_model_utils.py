@@ -264,3 +264,14 @@ def test_a_kill_while_saving_leaves_a_resumable_run_or_a_complete_folder(
         assert not run.run_folder.exists() and (final / "checkpoints").is_dir()
         model, class_names, _ = model_utils.load_model_folder(final)
         assert class_names == ["cat", "dog", "fox"]
+
+
+@pytest.mark.parametrize("family, epochs, floor", [("cnn", 8, 0.95), ("mlp", 15, 0.85)])
+def test_a_seeded_model_learns_the_digits_far_above_chance(make_config, family, epochs, floor):
+    """Chance is 0.10: a model that stopped learning (a broken input pipeline, labels shuffled
+    against images, inference-mode statistics off) fails here."""
+    cfg = make_config(**{"data.image_size": [16, 16], "model.family": family,
+                         "train.epochs": epochs, "train.verbose": 0,
+                         "train.classical_baselines": False})
+    metrics = model_utils.train(cfg).evaluation.metrics
+    assert metrics["test_accuracy"] >= floor, metrics["confusion_matrix"]
