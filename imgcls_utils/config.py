@@ -197,7 +197,7 @@ RULES: dict[str, Rule] = {
     "hardware.mixed_precision": choice("auto", "float32", "mixed_float16", "mixed_bfloat16"),
     "hardware.jit_compile": auto_or_boolean(),
     "hardware.steps_per_execution": integer(1),
-    "hardware.deterministic": boolean(),
+    "hardware.deterministic": auto_or_boolean(),
 }
 
 # Keys of earlier versions, and where they live now: an old name fails with the new one.

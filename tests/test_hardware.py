@@ -26,8 +26,20 @@ def test_auto_on_cpu_means_default_strategy_no_xla_and_bfloat16_where_native(
     assert chosen.strategy is tf.distribute.get_strategy() and chosen.is_chief
     assert (chosen.precision, chosen.jit_compile, chosen.steps_per_execution) == (precision, False, 1)
     assert chosen.describe() == ("strategy default (1 replica(s)), devices /device:CPU:0, "
-                                 f"precision {precision}, XLA off, steps_per_execution 1")
-    assert chosen.to_dict()["strategy"] == "default"
+                                 f"precision {precision}, XLA off, steps_per_execution 1, "
+                                 "deterministic ops")
+    assert chosen.to_dict()["strategy"] == "default" and chosen.deterministic
+
+
+def test_op_determinism_follows_each_run_s_choice(make_config):
+    """TensorFlow's switch is process-wide: a run without determinism after one with it (a
+    re-run notebook cell) must not stay deterministic."""
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    for deterministic in ("auto", False, True, False):
+        chosen = model_utils.choose_hardware(
+            make_config(**{"hardware.deterministic": deterministic}).hardware)
+        assert is_op_determinism_enabled() == chosen.deterministic == (deterministic is not False)
 
 
 def test_without_cpuinfo_the_cpu_stays_float32(tmp_path):
