@@ -178,6 +178,7 @@ RULES: dict[str, Rule] = {
     "transfer.fine_tune_learning_rate": positive_number(),
     "train.epochs": integer(1),
     "train.batch_size": integer(1),
+    "train.min_steps_per_epoch": integer(1),
     "train.learning_rate": positive_number(),
     "train.optimizer": choice("adam", "adamw", "sgd"),
     "train.momentum": fraction(),

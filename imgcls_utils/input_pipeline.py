@@ -35,7 +35,8 @@ def make_datasets(cfg: Config, prepared: PreparedData) -> dict:
     cache = should_cache(prepared, cfg.data)
     datasets = {split: make_dataset(prepared, split, cfg.train.batch_size,
                                     training=split == "train", cache=cache,
-                                    augmentation=augmentation, seed=cfg.data.seed)
+                                    augmentation=augmentation, seed=cfg.data.seed,
+                                    min_steps=cfg.train.min_steps_per_epoch)
                 for split in SPLITS}
     batches = -(-min(STATISTICS_IMAGES, prepared.count("train")) // cfg.train.batch_size)
     # Not cached: it reads only its first batches (the shards are in random order) each time.
@@ -46,12 +47,13 @@ def make_datasets(cfg: Config, prepared: PreparedData) -> dict:
 
 
 def make_dataset(prepared: PreparedData, split: str, batch_size: int, *, training: bool = False,
-                 augmentation=None, cache: bool = True, seed: int = 0):
+                 augmentation=None, cache: bool = True, seed: int = 0, min_steps: int = 1):
     """Stream one split as batches of ``(float32 pixels in [0, 255], int label)``.
 
     Records are parsed in parallel and, with ``cache``, kept in memory as uint8 after the first
-    epoch. Training batches are shuffled and, when ``augmentation`` is given, augmented on the
-    fly; validation and test batches are never augmented and keep the manifest's order
+    epoch. Training batches are shuffled, reshuffled passes over the split are chained until an
+    epoch has at least ``min_steps`` batches, and, when ``augmentation`` is given, batches are
+    augmented on the fly; validation and test batches are never augmented and keep the manifest's order
     (``prepared.paths(split)``): their shards are read one after the other.
     """
     from .runtime import tf
@@ -80,8 +82,16 @@ def make_dataset(prepared: PreparedData, split: str, batch_size: int, *, trainin
         dataset = dataset.cache()  # uint8: a quarter of the memory float32 would take
     if training:
         dataset = dataset.shuffle(4 * batch_size + 1024, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat(passes_per_epoch(prepared.count(split), batch_size, min_steps))
     dataset = dataset.batch(batch_size).map(to_float, num_parallel_calls=autotune)
     return dataset.prefetch(autotune)
+
+
+def passes_per_epoch(images: int, batch_size: int, min_steps: int) -> int:
+    """Passes over ``images`` that make an epoch of at least ``min_steps`` batches. Why: on a
+    few hundred images an epoch is a handful of steps, too few between the validations that
+    early stopping and the learning-rate schedule act on (and for batch-norm statistics)."""
+    return max(1, -(-min_steps * batch_size // max(images, 1)))
 
 
 def build_augmentation(augment: Section, seed: int):

@@ -212,3 +212,16 @@ def test_a_full_disk_is_one_clear_line_on_the_command_line(class_folder, project
                           text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("imgcls: the disk is full")
+
+
+def test_a_small_training_split_is_passed_over_until_an_epoch_has_enough_steps(
+        make_config, class_folder):
+    cfg = make_config(**{"data.source": str(class_folder), "data.image_size": [8, 8],
+                         "train.batch_size": 8, "train.min_steps_per_epoch": 12})
+    prepared = data_utils.prepare_data(cfg)
+    datasets = data_utils.make_datasets(cfg, prepared)
+    passes = -(-12 * 8 // prepared.count("train"))
+    assert len(datasets["train"]) == -(-passes * prepared.count("train") // 8) >= 12
+    labels = np.concatenate([labels for _, labels in datasets["train"]])
+    assert np.bincount(labels).tolist() == [passes * n for n in prepared.label_counts("train")]
+    assert len(datasets["val"]) == -(-prepared.count("val") // 8)  # evaluation: one pass

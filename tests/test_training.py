@@ -65,7 +65,8 @@ def test_balanced_class_weights_make_every_class_count_the_same(make_config):
     assert weights == pytest.approx({0: 0.5, 1: 1.5, 3: 0.75})
     assert {label: weights[label] * count for label, count in [(0, 30), (1, 10), (3, 20)]} \
         == pytest.approx({0: 15, 1: 15, 3: 15})
-    assert training.class_weights(make_config().train, [30, 10, 0, 20]) is None
+    assert training.class_weights(make_config(**{"train.class_weight": "none"}).train,
+                                  [30, 10, 0, 20]) is None
 
 
 def test_class_weight_comes_from_the_training_split(make_config, class_folder):
