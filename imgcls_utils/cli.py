@@ -155,6 +155,9 @@ def cmd_run(args) -> int:
           f"(test loss {metrics['test_loss']:.4f}, {metrics['test_images']} test images)")
     print(f"executed notebooks: {run_dir}")
     print(f"model folder:       {model_dir}")
+    from .baselines import comparison_line
+
+    print(comparison_line(metrics))
     return 0
 
 

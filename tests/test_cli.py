@@ -42,6 +42,8 @@ def train_from_the_shell(source, project) -> tuple[subprocess.CompletedProcess, 
 def test_train_then_predict_from_the_shell(project, class_folder):
     done, folder = train_from_the_shell(class_folder, project)
     assert "test accuracy:" in done.stdout
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("network 0.") and " vs best classical baseline " in last, last
     done, _ = imgcls("predict", folder, str(class_folder / "fox" / "3.png"), "--top-k", "2",
                      cwd=project)
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,195 @@
+"""Small-data benchmark: does the default recipe beat the classical baselines without tuning?
+
+1. digits: the default config on the embedded digits over 5 seeds (each seed draws its own split
+   and initialisation): the network's test accuracy and macro F1 next to logistic regression and
+   an RBF SVM fitted on the same split (``train.classical_baselines``); mean and lowest;
+2. imbalanced: folders of real images with 10 classes in a 25:1 geometric imbalance, made from
+   scikit-learn's digits and from Fashion-MNIST, each with a balanced test folder
+   (``data.test_split: source``): the network's macro F1 vs the SVM's, over 3 seeds;
+3. determinism: the default training on the digits with and without deterministic ops, the same
+   epochs, interleaved: the time it costs, and whether two deterministic runs agree exactly.
+
+    .venv/bin/python bench/small_data.py                  # about 15 minutes on 2 cores
+    .venv/bin/python bench/small_data.py --only digits    # or imbalanced / determinism
+    .venv/bin/python bench/small_data.py --only imbalanced --set train.class_weight=none
+
+``--set`` changes the defaults for every run, to measure what a default buys.
+
+Fashion-MNIST comes from the Debian package dataset-fashion-mnist (part 2 skips it when it is
+missing). Everything is written to a temporary folder, deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from imgcls_utils import model_utils  # noqa: E402
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config, parse_set_option  # noqa: E402
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IMBALANCE = 25
+CLASSES = 10
+CHANGED = {}  # --set: applied to every run
+
+
+def project(folder: Path, **overrides):
+    """The default config rooted in ``folder``, with ``overrides``."""
+    (folder / "config").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / CONFIG_RELATIVE_PATH, folder / CONFIG_RELATIVE_PATH)
+    return load_config(folder / CONFIG_RELATIVE_PATH,
+                       overrides={"train.verbose": 0, **CHANGED, **overrides})
+
+
+def train(folder: Path, **overrides) -> dict:
+    """Train with the defaults and ``overrides``; the metrics with wall time and epochs."""
+    started = time.perf_counter()
+    run = model_utils.train(project(folder, **overrides))
+    return {**run.evaluation.metrics, "seconds": time.perf_counter() - started,
+            "epochs": len(run.history)}
+
+
+def row(seed: int, metrics: dict) -> str:
+    baselines = metrics["baselines"]
+    return (f"   {seed:>4}  {metrics['test_accuracy']:.4f}  {metrics['macro_f1']:.4f}   "
+            f"{baselines['logistic_regression']['test_accuracy']:.4f}  "
+            f"{baselines['rbf_svm']['test_accuracy']:.4f}  {baselines['rbf_svm']['macro_f1']:.4f}"
+            f"   {metrics['epochs']:>3}  {metrics['seconds']:5.0f} s")
+
+
+HEADER = ("   seed  network accuracy / macro F1   logistic   SVM accuracy / macro F1"
+          "   epochs  time")
+
+
+# ----------------------------------------------------------------------------- 1. digits
+
+def digits(tmp: Path, seeds: int = 5) -> None:
+    print(f"\n1. digits, the default config, {seeds} seeds (test accuracy; macro F1):\n{HEADER}",
+          flush=True)
+    results = []
+    for seed in range(1, seeds + 1):
+        results.append(train(tmp / f"digits-{seed}", **{"data.seed": seed}))
+        print(row(seed, results[-1]), flush=True)
+    summarize(results, "test_accuracy")
+
+
+def summarize(results: list[dict], key: str) -> None:
+    network = [result[key] for result in results]
+    svm = [result["baselines"]["rbf_svm"][key] for result in results]
+    label = key.replace("test_", "").replace("_", " ")
+    print(f"   network {label}: mean {statistics.mean(network):.4f}, lowest {min(network):.4f}; "
+          f"SVM: mean {statistics.mean(svm):.4f}, lowest {min(svm):.4f}; network ahead in "
+          f"{sum(n > s for n, s in zip(network, svm))} of {len(results)}", flush=True)
+
+
+# ----------------------------------------------------------------------------- 2. imbalanced
+
+def imbalanced_counts(largest: int) -> list[int]:
+    """Images per class from ``largest`` down to ``largest / IMBALANCE``, geometrically."""
+    return [round(largest * IMBALANCE ** (-label / (CLASSES - 1))) for label in range(CLASSES)]
+
+
+def write_folder(folder: Path, images: np.ndarray, labels: np.ndarray, counts: list[int],
+                 test_per_class: int, seed: int) -> Path:
+    """``train/<class>/`` with ``counts[c]`` images of class c and ``test/<class>/`` with
+    ``test_per_class`` others, as PNG files."""
+    rng = np.random.default_rng(seed)
+    for label, count in enumerate(counts):
+        chosen = rng.permutation(np.flatnonzero(labels == label))
+        for part, indices in (("train", chosen[:count]),
+                              ("test", chosen[count:count + test_per_class])):
+            target = folder / part / f"class_{label}"
+            target.mkdir(parents=True, exist_ok=True)
+            for index in indices:
+                Image.fromarray(images[index]).save(target / f"{index:05d}.png")
+    return folder
+
+
+def digits_images() -> tuple[np.ndarray, np.ndarray]:
+    digits_data = load_digits()
+    return (digits_data.images * 255 / 16).round().astype(np.uint8), digits_data.target
+
+
+def fashion_images() -> tuple[np.ndarray, np.ndarray]:
+    def read(name: str, offset: int) -> np.ndarray:
+        with gzip.open(FASHION_MNIST / name) as handle:
+            return np.frombuffer(handle.read(), np.uint8, offset=offset)
+
+    images = read("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    return images, read("train-labels-idx1-ubyte.gz", 8)
+
+
+def imbalanced(tmp: Path, seeds: int = 3) -> None:
+    sets = {"digits, 150 down to 6 per class": (digits_images, 150, 25),
+            "Fashion-MNIST, 400 down to 16 per class": (fashion_images, 400, 100)}
+    if not FASHION_MNIST.is_dir():
+        print(f"   (Fashion-MNIST skipped: {FASHION_MNIST} is missing; "
+              "apt-get install dataset-fashion-mnist)")
+        sets.popitem()
+    for number, (title, (load, largest, test_per_class)) in enumerate(sets.items()):
+        counts = imbalanced_counts(largest)
+        images, labels = load()
+        folder = write_folder(tmp / f"imbalanced-{number}" / "images", images, labels, counts,
+                              test_per_class, seed=number)
+        print(f"\n2. imbalanced {title} ({sum(counts)} training images, 25:1; test: "
+              f"{test_per_class} per class), the default config, {seeds} seeds:\n{HEADER}",
+              flush=True)
+        results = []
+        for seed in range(1, seeds + 1):
+            results.append(train(folder.parent / f"run-{seed}", **{
+                "data.source": str(folder), "data.test_split": "source", "data.seed": seed}))
+            print(row(seed, results[-1]), flush=True)
+        summarize(results, "macro_f1")
+
+
+# ----------------------------------------------------------------------------- 3. determinism
+
+def determinism(tmp: Path, epochs: int = 8, rounds: int = 2) -> None:
+    fixed = {"train.epochs": epochs, "train.early_stopping_patience": epochs,
+             "train.classical_baselines": False}
+    times = {False: [], True: []}
+    accuracies = []
+    for _ in range(rounds):  # interleaved, so drift in the machine's speed hits both alike
+        for deterministic in (False, True):
+            result = train(tmp / "determinism", **fixed,
+                           **{"hardware.deterministic": deterministic})
+            times[deterministic].append(result["seconds"])
+            if deterministic:
+                accuracies.append((result["test_accuracy"], result["test_loss"]))
+    cost = statistics.median(times[True]) / statistics.median(times[False])
+    print(f"\n3. determinism, the default training on the digits, {epochs} epochs, "
+          f"median of {rounds}:\n"
+          f"   non-deterministic {statistics.median(times[False]):.1f} s, deterministic "
+          f"{statistics.median(times[True]):.1f} s: x{cost:.2f} the time\n"
+          f"   deterministic runs give the same test accuracy and loss: "
+          f"{len(set(accuracies)) == 1} ({accuracies})", flush=True)
+
+
+PARTS = {"digits": digits, "imbalanced": imbalanced, "determinism": determinism}
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=list(PARTS), action="append",
+                        help="run only this part (repeatable); default: all")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a default for every run (repeatable)")
+    args = parser.parse_args()
+    CHANGED.update(parse_set_option(option) for option in args.set)
+    if CHANGED:
+        print(f"changed defaults: {CHANGED}")
+    with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as folder:
+        for part in args.only or list(PARTS):
+            PARTS[part](Path(folder))
