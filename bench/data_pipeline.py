@@ -1,14 +1,27 @@
-"""Data pipeline benchmark: four figures, each a ratio measured in this run.
+"""Data pipeline benchmark: four figures, each against a baseline measured in this run.
 
-1. throughput: images/s of imgcls' training pipeline (preprocessed shards, cache, parallel
-   parse, augmentation, prefetch) vs the TensorFlow tutorial's plain
-   ``keras.utils.image_dataset_from_directory`` (decodes every JPEG every epoch), two epochs;
-2. starvation: imgcls' delivery rate vs what the default CNN consumes when training;
-3. memory: peak RSS of preprocessing + one epoch at N and 10N images (one subprocess each);
+1. throughput: images/s of imgcls' training split (``make_datasets`` on the prepared data,
+   augmentation off, as the tutorial has none) vs the TensorFlow tutorial's pipeline as it
+   writes it (``image_dataset_from_directory`` with ``validation_split``/``subset``, then
+   ``cache().shuffle(1000).prefetch(AUTOTUNE)``): same files, same training-split size, same
+   output size, batch and channels. Epoch 1 is charged with each side's one-time work from a
+   cold start (imgcls: ``prepare_data``, the scan and the shards, with no Processed_Data and no
+   scan cache; the tutorial: its file listing, and the decoding and cache fill of its first
+   epoch); epoch 2 reads both caches. The rate with the default augmentation is shown too.
+   Median of interleaved rounds, each side from a cold start in every round.
+2. memory: peak RSS (``VmHWM``) of preprocessing + one training epoch at N and 10N images, one
+   fresh process each, at 160x160x3 so that the decoded images weigh beside TensorFlow's own
+   memory: streaming (``cache: auto`` with ``data.cache_budget_mb: 0``, which nothing fits in)
+   and cached (``cache: true``, whose memory grows with the decoded images, printed too).
+3. starvation: training images/s of the default CNN, built and compiled as ``TrainingRun`` does
+   (at the precision chosen for this machine), fed by the augmented training pipeline vs fed the
+   same batches already in memory, in the same process on the same cores (1.00: the pipeline
+   never keeps training waiting); and the pipeline's delivery rate on its own.
 4. scan: files/s of the scan (header checks, decode at thumbnail size, content and perceptual
-   hashes), first and cached.
+   hashes), first and with its cache.
 
-    .venv/bin/python bench/data_pipeline.py            # about 3 minutes on 2 CPU cores
+    .venv/bin/python bench/data_pipeline.py                # about 4 minutes on 2 CPU cores
+    .venv/bin/python bench/data_pipeline.py --images 600   # a quick check of the script
 
 The generated JPEGs (mixed sizes, 4 classes) live in a temporary folder deleted at the end.
 """
@@ -16,8 +29,9 @@ The generated JPEGs (mixed sizes, 4 classes) live in a temporary folder deleted 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +50,18 @@ from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
 
 CLASSES = ("circles", "squares", "mixed", "stripes")
 IMAGE_SIZE = [64, 64]
+CHANNELS = 3
 BATCH = 64
+THROUGHPUT_ROUNDS = 3
+TRAINING_ROUNDS = 3  # epochs of each feed, interleaved: pipeline first, then memory first...
+# Larger than the other figures' images, so that holding the decoded images would show: 10N of
+# them take hundreds of MiB, beside the few hundred MiB of TensorFlow itself.
+MEMORY_IMAGE_SIZE = [160, 160]
+MEMORY_MODES = {"streaming": {"data.cache": "auto", "data.cache_budget_mb": 0},
+                "cached": {"data.cache": True}}
+TUTORIAL = "tutorial image_dataset_from_directory"
+PLAIN = "imgcls training split, no augmentation"
+AUGMENTED = "imgcls, with the default augmentation"
 
 
 def write_jpeg(path: Path, seed: int) -> None:
@@ -71,118 +96,248 @@ def subset(folder: Path, target: Path, every: int) -> Path:
     return target
 
 
-def config(source: Path, processed: Path):
+def config(source: Path, processed: Path, overrides: dict | None = None):
+    """The project's default config on ``source``, its Processed_Data in ``processed``."""
     return load_config(REPO / CONFIG_RELATIVE_PATH, overrides={
-        "data.source": str(source), "data.image_size": IMAGE_SIZE, "data.channels": 3,
-        "paths.processed_dir": str(processed), "train.batch_size": BATCH})
+        "data.source": str(source), "data.image_size": IMAGE_SIZE, "data.channels": CHANNELS,
+        "paths.processed_dir": str(processed), "train.batch_size": BATCH, **(overrides or {})})
 
 
-def epoch_rates(dataset, epochs: int = 2) -> list[float]:
-    """Images per second of each full pass over ``dataset``."""
-    rates = []
-    for _ in range(epochs):
+def training_split(cfg, prepared):
+    """The training dataset exactly as training reads it."""
+    return data_utils.make_datasets(cfg, prepared)["train"]
+
+
+# ----------------------------------------------------------------------------- 1. throughput
+
+def epoch_rates(make_dataset, one_time_seconds: float = 0.0) -> list[float]:
+    """Images/s of two passes over the dataset ``make_dataset()`` returns; epoch 1 is charged
+    with making it and with ``one_time_seconds`` of work done for it beforehand."""
+    started = time.perf_counter()
+    dataset = make_dataset()
+    rates, one_time = [], one_time_seconds + time.perf_counter() - started
+    for _ in range(2):
         started, images = time.perf_counter(), 0
         for batch, _ in dataset:
             images += int(batch.shape[0])
+        rates.append(images / (one_time + time.perf_counter() - started))
+        one_time = 0.0
+    return rates
+
+
+def tutorial_pipeline(folder: Path, images: int, train_images: int):
+    """The "Load and preprocess images" tutorial's training dataset, as it writes it, holding
+    ``train_images`` of the ``images`` files."""
+    from imgcls_utils.runtime import tf
+
+    train_ds = tf.keras.utils.image_dataset_from_directory(
+        folder, validation_split=(images - train_images + 0.5) / images, subset="training",
+        seed=123, image_size=tuple(IMAGE_SIZE), batch_size=BATCH,
+        color_mode="rgb" if CHANNELS == 3 else "grayscale")
+    assert len(train_ds.file_paths) == train_images, "the tutorial's split differs from ours"
+    AUTOTUNE = tf.data.AUTOTUNE  # as the tutorial writes it
+    return train_ds.cache().shuffle(1000).prefetch(buffer_size=AUTOTUNE)
+
+
+def imgcls_rates(folder: Path, processed: Path) -> tuple[int, list[float], list[float]]:
+    """Training images, and images/s of epochs 1 and 2 of imgcls' training split without and
+    with augmentation; epoch 1 of each is charged with preparing the data from nothing (no
+    Processed_Data, no scan cache): the scan and the shards."""
+    started = time.perf_counter()
+    cfg = config(folder, processed)
+    prepared = data_utils.prepare_data(cfg)
+    preparing = time.perf_counter() - started
+    assert not prepared.reused and data_utils.should_cache(prepared, cfg.data)
+    plain_cfg = config(folder, processed, {"augment.enabled": False})
+    plain = epoch_rates(lambda: training_split(plain_cfg, prepared), preparing)
+    augmented = epoch_rates(lambda: training_split(cfg, prepared), preparing)
+    return prepared.count("train"), plain, augmented
+
+
+def throughput(folder: Path, images: int, work: Path, rounds: int) -> tuple[int, dict]:
+    """Training images, and for each pipeline the median images/s of epochs 1 and 2 over
+    ``rounds`` rounds that alternate which side goes first, each side from a cold start."""
+    runs = {TUTORIAL: [], PLAIN: [], AUGMENTED: []}
+    train_images = 0
+    for turn in range(rounds):
+        for side in ("imgcls", "tutorial")[::1 if turn % 2 == 0 else -1]:
+            if side == "imgcls":
+                train_images, plain, augmented = imgcls_rates(folder, work / f"processed-{turn}")
+                runs[PLAIN].append(plain)
+                runs[AUGMENTED].append(augmented)
+            else:
+                runs[TUTORIAL].append(epoch_rates(
+                    lambda: tutorial_pipeline(folder, images, train_images)))
+    medians = {name: [statistics.median(run[epoch] for run in values) for epoch in (0, 1)]
+               for name, values in runs.items()}
+    return train_images, medians
+
+
+# ----------------------------------------------------------------------------- 2. memory
+
+def memory_mib(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MiB. Not
+    ``ru_maxrss``: a process started by another keeps its parent's peak there."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory_child(folder: Path, processed: Path, mode: str) -> None:
+    """Preprocess ``folder`` and run one training epoch; print what ``memory_use`` reads."""
+    from imgcls_utils.runtime import tf  # noqa: F401  (the floor: TensorFlow loaded)
+
+    floor = memory_mib("VmRSS")
+    cfg = config(folder, processed, {"data.image_size": MEMORY_IMAGE_SIZE, **MEMORY_MODES[mode]})
+    prepared = data_utils.prepare_data(cfg)
+    dataset = training_split(cfg, prepared)
+    for batch, _ in enumerate(dataset, start=1):
+        if batch == (len(dataset) + 1) // 2:
+            halfway = memory_mib("VmHWM")
+    print(json.dumps({"peak": memory_mib("VmHWM"), "floor": floor, "halfway": halfway,
+                      "cached": data_utils.should_cache(prepared, cfg.data),
+                      "decoded": prepared.decoded_bytes() / 2**20}))
+
+
+def memory_use(folder: Path, processed: Path, mode: str) -> dict:
+    """Peak RSS (MiB) of a fresh process that preprocesses ``folder`` and runs one training
+    epoch in ``mode``, and at the middle of the epoch; its RSS once TensorFlow is loaded;
+    whether it cached; the decoded MiB."""
+    done = subprocess.run([sys.executable, __file__, "--memory-child", str(folder),
+                           str(processed), mode], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"the memory measurement ({mode}, {folder.name}) failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- 3. starvation
+
+def training_rates(folder: Path, processed: Path) -> tuple[str, dict[str, list[float]]]:
+    """The precision training uses here, and images/s of the default CNN's training epochs on
+    the augmented training split fed by its pipeline and fed the same batches from memory,
+    interleaved; first the copy in memory is filled (one pass of the pipeline, which fills its
+    own cache too) and one epoch traces the training step."""
+    run = model_utils.TrainingRun(config(folder, processed))
+    run.prepare_data()
+    run.build_and_compile()
+    pipeline = run.datasets["train"]
+    in_memory = pipeline.cache()  # one epoch of augmented batches, kept as they are
+    for _ in in_memory:
+        pass
+    feeds = {"pipeline": pipeline, "memory": in_memory}
+    images = run.prepared.count("train")
+    run.model.fit(pipeline, epochs=1, verbose=0, shuffle=False)
+    rates = {name: [] for name in feeds}
+    for turn in range(TRAINING_ROUNDS):
+        for name in list(feeds)[::1 if turn % 2 == 0 else -1]:
+            started = time.perf_counter()
+            run.model.fit(feeds[name], epochs=1, verbose=0, shuffle=False)
+            rates[name].append(images / (time.perf_counter() - started))
+    return run.hardware.precision, rates
+
+
+# ----------------------------------------------------------------------------- 4. scan
+
+def scan_rates(folder: Path, images: int, cache_file: Path) -> list[float]:
+    """Files/s of a scan of ``folder`` without its cache, then with it."""
+    cfg = config(folder, cache_file.parent)
+    rates = []
+    for _ in range(2):
+        started = time.perf_counter()
+        data_utils.scan_image_folder(folder, cfg.data, cache_file)
         rates.append(images / (time.perf_counter() - started))
     return rates
 
 
-def tutorial_pipeline(folder: Path):
+# ----------------------------------------------------------------------------- report
+
+def report_throughput(images: int, train_images: int, rates: dict) -> None:
+    tutorial, plain = rates[TUTORIAL], rates[PLAIN]
+    print(f"\n1. throughput, training images/s ({train_images:,} of {images:,} JPEGs, batch "
+          f"{BATCH}, {'x'.join(map(str, [*IMAGE_SIZE, CHANNELS]))}), median of "
+          f"{THROUGHPUT_ROUNDS} interleaved rounds, each from a cold start;\n"
+          "   epoch 1 includes each side's one-time work (imgcls: scan + shards; tutorial: "
+          "file listing, decode + cache fill)")
+    print(f"   {'':<40} {'epoch 1':>8} {'epoch 2':>8}")
+    for name, (first, second) in rates.items():
+        print(f"   {name:<40} {first:8,.0f} {second:8,.0f}")
+    print(f"   imgcls (no augmentation) vs tutorial: epoch 1 {plain[0] / tutorial[0]:.2f}x, "
+          f"epoch 2 {plain[1] / tutorial[1]:.2f}x")
+
+
+def report_memory(small: int, large: int, used: dict) -> None:
+    shape = "x".join(map(str, [*MEMORY_IMAGE_SIZE, CHANNELS]))
+    print(f"\n2. memory, peak RSS (MiB) of preprocessing + one training epoch, one process each, "
+          f"{shape}:\n   {'':<11} {small:>7,} images {large:>7,} images  ratio")
+    for mode, (at_small, at_large) in used.items():
+        assert at_small["cached"] == at_large["cached"] == (mode == "cached"), used
+        target = "   (target <= 1.3)" if mode == "streaming" else ""
+        print(f"   {mode + ':':<11} {at_small['peak']:14,.0f} {at_large['peak']:14,.0f}"
+              f"  {at_large['peak'] / at_small['peak']:5.2f}{target}")
+    floor = max(run["floor"] for runs in used.values() for run in runs)
+    print(f"   above the {floor:,.0f} MiB of TensorFlow loaded: " + "; ".join(
+        f"{mode} {small_run['peak'] - small_run['floor']:,.0f} vs "
+        f"{large_run['peak'] - large_run['floor']:,.0f}"
+        for mode, (small_run, large_run) in used.items()))
+    print(f"   {large:,} images, peak by the middle of the epoch vs at its end: " + "; ".join(
+        f"{mode} {large_run['halfway']:,.0f} vs {large_run['peak']:,.0f}"
+        for mode, (_, large_run) in used.items()))
+    small_run, large_run = used["streaming"]
+    print(f"   decoded images (all splits): {small_run['decoded']:,.0f} vs "
+          f"{large_run['decoded']:,.0f} MiB; streaming: cache auto, data.cache_budget_mb 0 "
+          f"(cached: {small_run['cached']} at both sizes); cached: cache true")
+
+
+def report_training(precision: str, rates: dict, delivery: float) -> None:
+    fed, memory = (statistics.median(rates[name]) for name in ("pipeline", "memory"))
+    print(f"\n3. starvation: the default CNN training ({precision}, batch {BATCH}), images/s, "
+          f"median of {TRAINING_ROUNDS} interleaved epochs each:\n"
+          f"   fed by the augmented pipeline {fed:,.0f} vs fed from memory {memory:,.0f}: "
+          f"ratio {fed / memory:.2f} (1.00 = no starvation)\n"
+          f"   each epoch: pipeline {', '.join(f'{r:,.0f}' for r in rates['pipeline'])}; "
+          f"memory {', '.join(f'{r:,.0f}' for r in rates['memory'])}\n"
+          f"   the augmented pipeline alone delivers {delivery:,.0f} images/s (1., epoch 2): "
+          f"{delivery / memory:.1f}x what training consumes")
+
+
+def main(images: int) -> None:
     from imgcls_utils.runtime import keras
 
-    return keras.utils.image_dataset_from_directory(folder, image_size=tuple(IMAGE_SIZE),
-                                                    batch_size=BATCH, seed=1, verbose=False)
-
-
-def our_pipeline(cfg, prepared, augment: bool = True):
-    """The training split as training reads it; ``augment=False`` does the tutorial's work."""
-    augmentation = data_utils.build_augmentation(cfg.augment, cfg.data.seed) if augment else None
-    return data_utils.make_dataset(prepared, "train", BATCH, training=True,
-                                   augmentation=augmentation, seed=cfg.data.seed,
-                                   cache=data_utils.should_cache(prepared, cfg.data))
-
-
-def cnn_consumption_rate(cfg, num_classes: int, steps: int = 40) -> float:
-    """Images/s the default CNN trains on when data costs nothing (one batch, in memory)."""
-    from imgcls_utils.runtime import tf
-
-    model = model_utils.build_model(cfg.model, cfg.transfer, (*IMAGE_SIZE, 3), num_classes)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    batch = (tf.random.uniform((BATCH, *IMAGE_SIZE, 3), 0, 255),
-             tf.zeros((BATCH,), tf.int64))
-    data = tf.data.Dataset.from_tensors(batch).repeat()
-    model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)  # tracing, warm-up
-    started = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-    return steps * BATCH / (time.perf_counter() - started)
-
-
-def peak_rss_mib(folder: Path, processed: Path) -> float:
-    """Peak RSS of a fresh process that preprocesses ``folder`` and runs one training epoch."""
-    done = subprocess.run([sys.executable, __file__, "--memory-child", str(folder),
-                           str(processed)], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
-
-
-def memory_child(folder: Path, processed: Path) -> None:
-    cfg = config(folder, processed)
-    prepared = data_utils.prepare_data(cfg)
-    epoch_rates(our_pipeline(cfg, prepared), epochs=1)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
-
-
-def main(count: int) -> None:
+    keras.config.disable_interactive_logging()  # the tutorial's "Using N files for training."
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as tmp:
-        tmp = Path(tmp)
+        work = Path(tmp)
         started = time.perf_counter()
-        folder = generate(tmp / "photos", count)
-        print(f"generated {count} JPEGs in {time.perf_counter() - started:.0f} s")
-        cfg = config(folder, tmp / "processed")
+        folder = generate(work / "photos", images)
+        small = subset(folder, work / "small", every=10)
+        small_images = sum(1 for _ in small.rglob("*.jpg"))
+        print(f"generated {images:,} JPEGs in {time.perf_counter() - started:.0f} s", flush=True)
 
-        started = time.perf_counter()
-        scan = data_utils.scan_image_folder(folder, cfg.data, tmp / "scan-cache.json")
-        scan_rate = count / (time.perf_counter() - started)
-        started = time.perf_counter()
-        data_utils.scan_image_folder(folder, cfg.data, tmp / "scan-cache.json")
-        cached_rate = count / (time.perf_counter() - started)
+        scan = scan_rates(folder, images, work / "scan" / "scan-cache.json")
+        throughput(small, small_images, work / "warm-up", rounds=1)  # imports, first tf.data use
+        train_images, rates = throughput(folder, images, work / "throughput", THROUGHPUT_ROUNDS)
+        print(f"throughput done after {time.perf_counter() - started:.0f} s", flush=True)
+        precision, training = training_rates(folder, work / "throughput" / "processed-0")
+        print(f"starvation done after {time.perf_counter() - started:.0f} s", flush=True)
+        used = {mode: [memory_use(source, work / f"memory-{mode}-{source.name}", mode)
+                       for source in (small, folder)] for mode in MEMORY_MODES}
+        print(f"memory done after {time.perf_counter() - started:.0f} s", flush=True)
 
-        started = time.perf_counter()
-        prepared = data_utils.prepare_from_scan(scan, cfg.data, tmp / "processed")
-        preprocessing = time.perf_counter() - started
-        tutorial = epoch_rates(tutorial_pipeline(folder))
-        plain = epoch_rates(our_pipeline(cfg, prepared, augment=False))
-        augmented = epoch_rates(our_pipeline(cfg, prepared))
-        consumption = cnn_consumption_rate(cfg, len(prepared.class_names))
-
-        small = subset(folder, tmp / "small", every=10)
-        rss_small = peak_rss_mib(small, tmp / "processed-small")
-        rss_large = peak_rss_mib(folder, tmp / "processed-large")
-
-    print(f"\n1. throughput, images/s in epochs 1 and 2 ({count} JPEGs, batch {BATCH}, "
-          f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}x3):\n"
-          f"   tutorial image_dataset_from_directory:   {tutorial[0]:7,.0f} {tutorial[1]:7,.0f}\n"
-          f"   imgcls training pipeline, same work:     {plain[0]:7,.0f} {plain[1]:7,.0f}"
-          f"   (after preprocessing once: {preprocessing:.1f} s)\n"
-          f"   imgcls, with the default augmentation:   {augmented[0]:7,.0f} {augmented[1]:7,.0f}\n"
-          f"   ratio on epoch 2, same work: {plain[1] / tutorial[1]:.1f}x (target >= 2x)")
-    print(f"2. starvation: imgcls delivers {augmented[1]:,.0f} augmented images/s, the default "
-          f"CNN trains on {consumption:,.0f} images/s: ratio {augmented[1] / consumption:.1f}x "
-          "(target >= 3x)")
-    print(f"3. memory, peak RSS of preprocessing + one epoch: {count // 10} images "
-          f"{rss_small:,.0f} MiB, {count} images {rss_large:,.0f} MiB: ratio "
-          f"{rss_large / rss_small:.2f} (target <= 1.3)")
-    print(f"4. scan (header checks, thumbnail decode, sha256, perceptual hash): "
-          f"{scan_rate:,.0f} files/s; re-scan with the cache: {cached_rate:,.0f} files/s")
+    report_throughput(images, train_images, rates)
+    report_memory(small_images, images, used)
+    report_training(precision, training, rates[AUGMENTED][1])
+    print(f"\n4. scan (header checks, thumbnail decode, sha256, perceptual hash): "
+          f"{scan[0]:,.0f} files/s; re-scan with the cache: {scan[1]:,.0f} files/s")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4000, help="JPEGs to generate (10N)")
-    parser.add_argument("--memory-child", nargs=2, type=Path, metavar=("FOLDER", "PROCESSED"),
+    parser.add_argument("--memory-child", nargs=3, metavar=("FOLDER", "PROCESSED", "MODE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        memory_child(*args.memory_child)
+        folder, processed, mode = args.memory_child
+        memory_child(Path(folder), Path(processed), mode)
     else:
         main(args.images)
