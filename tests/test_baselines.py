@@ -23,6 +23,7 @@ def test_the_baselines_learn_the_digits_on_the_same_split(digits):
         assert result["train_images"] == digits.count("train")
         assert 0.9 <= result["test_accuracy"] <= 1 and 0.9 <= result["macro_f1"] <= 1
     assert results["rbf_svm"]["C"] in (1.0, 10.0)
+    assert results["logistic_regression"]["converged"] and results["rbf_svm"]["converged"]
 
 
 def test_large_training_splits_are_sampled_down_to_the_cap(digits, monkeypatch):
@@ -44,3 +45,10 @@ def test_the_comparison_names_the_best_baseline():
         "network", "logistic_regression", "rbf_svm"]
     assert baselines.comparison_line({"test_accuracy": 0.5, "macro_f1": 0.4}) == (
         "network 0.5000 (macro F1 0.4000)")
+
+
+def test_a_capped_logistic_regression_says_it_did_not_converge(digits, monkeypatch):
+    monkeypatch.setattr(baselines, "MAX_ITERATIONS", 2)
+    results = baselines.fit_baselines(digits)
+    assert results["logistic_regression"]["converged"] is False
+    assert results["rbf_svm"]["converged"] is True
