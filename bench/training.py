@@ -117,7 +117,8 @@ def fashion(tmp: Path) -> None:
     minutes = [result["minutes"] for result in results]
     print(f"   mean test accuracy {statistics.mean(accuracies):.4f} +- "
           f"{statistics.stdev(accuracies):.4f} (lowest {min(accuracies):.4f}), training "
-          f"{statistics.mean(minutes):.1f} min on average (longest {max(minutes):.1f})", flush=True)
+          f"{statistics.mean(minutes):.1f} min on average ({', '.join(f'{m:.1f}' for m in minutes)})",
+          flush=True)
 
 
 def fashion_run(tmp: Path, seed: int) -> dict:
