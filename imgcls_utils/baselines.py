@@ -4,8 +4,9 @@ Every training run fits them next to the network, so a user sees at once whether
 earns its keep: on a few hundred small images an RBF SVM on raw pixels is a strong competitor.
 They are scikit-learn's models as its documentation writes them (pixels scaled to [0, 1]; the
 SVM with its default ``gamma="scale"``, its regularisation strength C chosen on the validation
-split; logistic regression with scikit-learn's defaults), fitted on at most ``MAX_TRAIN_IMAGES`` training images so they take
-seconds, not minutes, on large datasets (the SVM's cost grows with the square of the images).
+split; logistic regression with scikit-learn's defaults but an iteration cap), fitted on at
+most ``MAX_TRAIN_IMAGES`` training images so they take seconds, not minutes, on large datasets
+(the SVM's cost grows with the square of the images).
 """
 
 from __future__ import annotations

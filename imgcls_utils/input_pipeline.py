@@ -53,8 +53,8 @@ def make_dataset(prepared: PreparedData, split: str, batch_size: int, *, trainin
     Records are parsed in parallel and, with ``cache``, kept in memory as uint8 after the first
     epoch. Training batches are shuffled, reshuffled passes over the split are chained until an
     epoch has at least ``min_steps`` batches, and, when ``augmentation`` is given, batches are
-    augmented on the fly; validation and test batches are never augmented and keep the manifest's order
-    (``prepared.paths(split)``): their shards are read one after the other.
+    augmented on the fly; validation and test batches are never augmented and keep the
+    manifest's order (``prepared.paths(split)``): their shards are read one after the other.
     """
     from .runtime import tf
 
