@@ -17,7 +17,7 @@ lab: $(READY)   ## JupyterLab on the notebooks (JupyterLab refuses root without 
 $(READY): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,serving]"
 	$(PYTHON) -m ipykernel install --sys-prefix --name imgcls --display-name "Python (imgcls)"
 	touch $(READY)
 

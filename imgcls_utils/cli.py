@@ -1,4 +1,4 @@
-"""The ``imgcls`` command: ``imgcls run|prepare|train|predict|scan|config [--set key=value ...]``.
+"""The ``imgcls`` command: ``imgcls run|prepare|train|predict|export|serve|scan|config ...``.
 
 The config is loaded and validated before anything heavy is imported, so a mistake in it is
 reported within a second, as one message, without a traceback.
@@ -117,6 +117,14 @@ def cmd_predict(args) -> int:
     return PREDICTION_FAILED if failed else 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_model
+
+    exported = export_model(args.model_folder, _config_from_args(args).path("exports_dir"))
+    print(f"exported {exported.name} version {exported.version}: {exported.folder}")
+    return 0
+
+
 def cmd_run(args) -> int:
     """Execute the three notebooks in order with papermill, then report where everything is."""
     import papermill
@@ -223,6 +231,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("model_folder", type=Path)
     predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
     predict.add_argument("--top-k", type=int, default=3)
+    export = command("export", cmd_export, "export a model folder for TensorFlow Serving (the "
+                     "next version under paths.exports_dir/<model name>/) and TensorFlow Lite")
+    export.add_argument("model_folder", type=Path)
     return parser
 
 

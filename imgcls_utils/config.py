@@ -127,6 +127,7 @@ RULES: dict[str, Rule] = {
     "paths.processed_dir": text(),
     "paths.models_dir": text(),
     "paths.runs_dir": text(),
+    "paths.exports_dir": text(),
     "data.source": text(choices="digits | idx:<folder> | tfds:<name> | a folder of class folders"),
     "data.image_size": int_list(2, minimum=8),
     "data.channels": choice(1, 3),

@@ -1,0 +1,170 @@
+"""Exporting a model folder for TensorFlow Serving: ``exports/<model name>/<version>/``.
+
+Each export is a new integer version (TensorFlow Serving serves the highest and picks up new
+ones), built under a hidden staging name and renamed into place when complete, so a server
+polling the folder never sees half a version. A version holds the SavedModel with two
+signatures (``serving_default``: encoded image bytes in; ``pixels``: decoded pixels in; both
+return ``probabilities`` and the top class name in ``classes``), ``assets.extra/`` with the
+warm-up requests TensorFlow Serving replays at load and ``imgcls.json`` (class names, image
+size, where it came from), and the TensorFlow Lite variants in ``tflite/``.
+
+The exported network computes in float32 whatever precision it trained at: TensorFlow Lite and
+most serving CPUs have no bfloat16 kernels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .config import Config
+from .errors import UserError
+from .files import file_sha256, locked, staged
+from .model_folders import MODEL_FILE, load_model_folder, model_name
+from .runtime import keras, tf
+from .serving_graph import IMAGES_INPUT, ServingModule
+
+SERVING_SIGNATURE = "serving_default"
+PIXELS_SIGNATURE = "pixels"
+ASSETS_EXTRA = "assets.extra"
+EXPORT_INFO = "imgcls.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP_BATCH_SIZES = (1, 8)  # TensorFlow Serving replays each record once at load
+
+
+class ExportError(UserError):
+    """An export folder that is missing, empty or not written by ``imgcls export``."""
+
+
+@dataclass(frozen=True)
+class ExportedVersion:
+    """One complete version of an export: its folder and what ``imgcls.json`` says about it."""
+
+    folder: Path
+    info: dict
+
+    @property
+    def name(self) -> str:
+        return self.info["model_name"]
+
+    @property
+    def version(self) -> int:
+        return int(self.folder.name)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.info["class_names"]
+
+
+def export_model(model_folder: Path, exports_dir: Path) -> ExportedVersion:
+    """Write the next version of the model folder's export under ``exports_dir/<model name>``."""
+    model, class_names, config = load_model_folder(model_folder)
+    name = model_name(Config(config, root=Path(model_folder)))
+    data = config["data"]
+    module = ServingModule(float32_copy(model), class_names, tuple(data["image_size"]),
+                           data["channels"])
+    info = {"model_name": name, "class_names": class_names,
+            "image_size": list(data["image_size"]), "channels": data["channels"],
+            "max_pixels": data["max_pixels"], "model_folder": str(Path(model_folder).resolve()),
+            "model_sha256": file_sha256(Path(model_folder) / MODEL_FILE),
+            "created": datetime.now().isoformat(timespec="seconds")}
+    model_exports = Path(exports_dir) / name
+    with locked(model_exports):
+        final = model_exports / str(next_version(model_exports))
+        with staged(final) as building:
+            tf.saved_model.save(module, str(building), signatures={
+                SERVING_SIGNATURE: module.classify_bytes,
+                PIXELS_SIGNATURE: module.classify_pixels})
+            (building / ASSETS_EXTRA).mkdir()
+            (building / ASSETS_EXTRA / EXPORT_INFO).write_text(json.dumps(info, indent=2))
+            write_warmup_requests(building / ASSETS_EXTRA / WARMUP_FILE, name, info)
+    return ExportedVersion(final, info)
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The same network and weights computing in float32 (a model trained with mixed precision
+    keeps float32 weights, so nothing is lost)."""
+    copy = model.__class__.from_config(_float32_config(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _float32_config(config):
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(value) for value in config]
+    return config
+
+
+def next_version(model_exports: Path) -> int:
+    return max(versions(model_exports), default=0) + 1
+
+
+def versions(model_exports: Path) -> list[int]:
+    """The complete versions under ``exports/<name>``, oldest first (staging folders are
+    hidden, and a folder without ``saved_model.pb`` is not a version)."""
+    if not Path(model_exports).is_dir():
+        return []
+    return sorted(int(path.name) for path in Path(model_exports).iterdir()
+                  if path.name.isdigit() and (path / "saved_model.pb").is_file())
+
+
+def write_warmup_requests(path: Path, name: str, info: dict) -> None:
+    """TensorFlow Serving's warm-up file: ``PredictionLog`` records, one per batch size, of a
+    plain gray PNG at the model's image size (its graph is traced and its kernels chosen before
+    the first real request arrives)."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    height, width = info["image_size"]
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for batch_size in WARMUP_BATCH_SIZES:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=name, signature_name=SERVING_SIGNATURE))
+            request.inputs[IMAGES_INPUT].CopyFrom(
+                tf.make_tensor_proto([warmup_image(width, height)] * batch_size))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def warmup_image(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def find_version(path: Path) -> ExportedVersion:
+    """The version an export path names: ``exports/<name>/<version>`` itself, or the newest
+    version under ``exports/<name>``."""
+    path = Path(path)
+    if path.name.isdigit() and (path / "saved_model.pb").is_file():
+        return read_version(path)
+    found = versions(path)
+    if not found:
+        raise ExportError(f"{path} holds no exported version (no <number>/saved_model.pb); "
+                          "export a model folder with `imgcls export <model folder>`")
+    return read_version(path / str(found[-1]))
+
+
+def read_version(folder: Path) -> ExportedVersion:
+    info_file = Path(folder) / ASSETS_EXTRA / EXPORT_INFO
+    if not info_file.is_file():
+        raise ExportError(f"{folder} has no {ASSETS_EXTRA}/{EXPORT_INFO}: not written by "
+                          "`imgcls export`")
+    return ExportedVersion(Path(folder), json.loads(info_file.read_text()))
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is an export (``exports/<name>`` or one of its versions)."""
+    path = Path(path)
+    return (path / "saved_model.pb").is_file() or bool(versions(path))
+
