@@ -100,13 +100,7 @@ def _resumed_run(args) -> tuple[Config, Path]:
 
 
 def cmd_predict(args) -> int:
-    from .model_utils import left_out_classes, load_model_folder, predict_files
-
-    model, class_names, config = load_model_folder(args.model_folder)
-    for name, reason in left_out_classes(args.model_folder).items():
-        print(f"note: the model was trained without class {name} ({reason}); it never "
-              "predicts it", file=sys.stderr)
-    predictions = predict_files(model, class_names, config, args.images, args.top_k)
+    predictions = _predictions(args.model, args.images, args.top_k)
     for prediction in predictions:
         guesses = ", ".join(f"{label} {probability:.3f}" for label, probability in prediction.top)
         print(f"{prediction.path}: {guesses or 'cannot be classified: ' + prediction.error}")
@@ -117,12 +111,55 @@ def cmd_predict(args) -> int:
     return PREDICTION_FAILED if failed else 0
 
 
+def _predictions(model: Path, images: list[Path], top_k: int) -> list:
+    """Top-k labels of the images by a model folder, an export or a ``.tflite`` file."""
+    from . import export
+    from .prediction import predict_files, predict_files_with_export
+
+    if model.suffix == ".tflite":
+        from .tflite import load_tflite
+
+        return predict_files(*load_tflite(model), images, top_k)
+    if export.is_export(model):
+        return predict_files_with_export(export.find_version(model), images, top_k)
+    from .model_utils import left_out_classes, load_model_folder
+
+    loaded = load_model_folder(model)
+    for name, reason in left_out_classes(model).items():
+        print(f"note: the model was trained without class {name} ({reason}); it never "
+              "predicts it", file=sys.stderr)
+    return predict_files(*loaded, images, top_k)
+
+
 def cmd_export(args) -> int:
     from .export import export_model
 
-    exported = export_model(args.model_folder, _config_from_args(args).path("exports_dir"))
+    project = _config_from_args(args)
+    prepared = None
+    if not args.no_tflite:
+        from .data_utils import prepare_data
+
+        prepared = prepare_data(_model_data_config(args))
+    exported = export_model(args.model_folder, project.path("exports_dir"), prepared)
     print(f"exported {exported.name} version {exported.version}: {exported.folder}")
+    if exported.report:
+        parity = exported.report["parity"]
+        print(f"graph vs imgcls predict on {parity['images']} test images: top-1 agreement "
+              f"{parity['top1_agreement']:.4f}, largest probability difference "
+              f"{parity['max_probability_difference']:.2g}, largest pixel difference "
+              f"{parity['max_pixel_difference']:.0f}")
+        print(exported.tflite_table().to_string(index=False))
     return 0
+
+
+def _model_data_config(args) -> Config:
+    """This project's config with the data settings a model folder was trained with: where its
+    processed data is (rebuilt if it was deleted), in this project."""
+    from .model_utils import load_model_folder
+
+    _, _, trained = load_model_folder(args.model_folder)
+    data = {f"data.{key}": value for key, value in trained["data"].items()}
+    return load_config(args.config, overrides=data, set_options=args.set)
 
 
 def cmd_run(args) -> int:
@@ -226,14 +263,17 @@ def _parser() -> argparse.ArgumentParser:
     command("scan", cmd_scan, "report usable and skipped files, class imbalance and "
             "duplicates of the data source")
     command("config", cmd_config, "print the merged, validated config")
-    predict = command("predict", cmd_predict, "top-k labels for new images, using the model "
-                      "folder's own class names and preprocessing", configurable=False)
-    predict.add_argument("model_folder", type=Path)
+    predict = command("predict", cmd_predict, "top-k labels for new images, using the model's "
+                      "own class names and preprocessing", configurable=False)
+    predict.add_argument("model", type=Path, help="a model folder, an export (exports/<name> "
+                         "or one of its versions) or one of its .tflite files")
     predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
     predict.add_argument("--top-k", type=int, default=3)
     export = command("export", cmd_export, "export a model folder for TensorFlow Serving (the "
                      "next version under paths.exports_dir/<model name>/) and TensorFlow Lite")
     export.add_argument("model_folder", type=Path)
+    export.add_argument("--no-tflite", action="store_true", help="only the SavedModel: no "
+                        "TensorFlow Lite variants and no report (which need the model's data)")
     return parser
 
 

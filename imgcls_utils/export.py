@@ -8,8 +8,9 @@ return ``probabilities`` and the top class name in ``classes``), ``assets.extra/
 warm-up requests TensorFlow Serving replays at load and ``imgcls.json`` (class names, image
 size, where it came from), and the TensorFlow Lite variants in ``tflite/``.
 
-The exported network computes in float32 whatever precision it trained at: TensorFlow Lite and
-most serving CPUs have no bfloat16 kernels.
+The SavedModel computes at the precision the model trained at (so it agrees with ``imgcls
+predict``); the TensorFlow Lite variants start from a float32 copy, TensorFlow Lite having no
+bfloat16 kernels.
 """
 
 from __future__ import annotations
@@ -21,21 +22,32 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
+from . import tflite
 from .config import Config
 from .errors import UserError
 from .files import file_sha256, locked, staged
 from .model_folders import MODEL_FILE, load_model_folder, model_name
+from .input_pipeline import make_dataset
+from .prediction import graph_input_problem, predict_files
+from .processed import PreparedData
 from .runtime import keras, tf
-from .serving_graph import IMAGES_INPUT, ServingModule
+from .images import load_image
+from .serving_graph import (IMAGES_INPUT, PIXELS_SIGNATURE, PROBABILITIES, SERVING_SIGNATURE,
+                            ServingModule)
 
-SERVING_SIGNATURE = "serving_default"
-PIXELS_SIGNATURE = "pixels"
 ASSETS_EXTRA = "assets.extra"
 EXPORT_INFO = "imgcls.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP_BATCH_SIZES = (1, 8)  # TensorFlow Serving replays each record once at load
+
+
+REPORT_FILE = "report.json"
+TFLITE_DIR = "tflite"
+LABELS_FILE = "labels.txt"
+PARITY_BATCH = 64
 
 
 class ExportError(UserError):
@@ -61,14 +73,26 @@ class ExportedVersion:
     def class_names(self) -> list[str]:
         return self.info["class_names"]
 
+    @property
+    def report(self) -> dict | None:
+        """``report.json`` (parity and the TensorFlow Lite table), when the export has one."""
+        path = self.folder / REPORT_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
 
-def export_model(model_folder: Path, exports_dir: Path) -> ExportedVersion:
-    """Write the next version of the model folder's export under ``exports_dir/<model name>``."""
+    def tflite_table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.report["tflite"])
+
+
+def export_model(model_folder: Path, exports_dir: Path,
+                 prepared: PreparedData | None = None) -> ExportedVersion:
+    """Write the next version of the model folder's export under ``exports_dir/<model name>``;
+    with the model's ``prepared`` data, also the TensorFlow Lite variants and ``report.json``
+    (their size, accuracy and speed, and the exported graph's agreement with training's
+    preprocessing on the test split)."""
     model, class_names, config = load_model_folder(model_folder)
     name = model_name(Config(config, root=Path(model_folder)))
     data = config["data"]
-    module = ServingModule(float32_copy(model), class_names, tuple(data["image_size"]),
-                           data["channels"])
+    module = ServingModule(model, class_names, tuple(data["image_size"]), data["channels"])
     info = {"model_name": name, "class_names": class_names,
             "image_size": list(data["image_size"]), "channels": data["channels"],
             "max_pixels": data["max_pixels"], "model_folder": str(Path(model_folder).resolve()),
@@ -84,7 +108,64 @@ def export_model(model_folder: Path, exports_dir: Path) -> ExportedVersion:
             (building / ASSETS_EXTRA).mkdir()
             (building / ASSETS_EXTRA / EXPORT_INFO).write_text(json.dumps(info, indent=2))
             write_warmup_requests(building / ASSETS_EXTRA / WARMUP_FILE, name, info)
+            if prepared is not None:
+                report = {"parity": graph_parity(building, model, class_names, config, prepared),
+                          "tflite": tflite_report(model, building, prepared, model_folder)}
+                (building / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return ExportedVersion(final, info)
+
+
+def tflite_report(model: keras.Model, folder: Path, prepared: PreparedData,
+                  model_folder: Path) -> list[dict]:
+    """Write ``tflite/<variant>.tflite`` (converted from the model computing in float32) and
+    ``tflite/labels.txt``; the rows of their table, the Keras ``model`` as trained first."""
+    tflite_dir = Path(folder) / TFLITE_DIR
+    tflite_dir.mkdir()
+    (tflite_dir / LABELS_FILE).write_text("\n".join(prepared.class_names) + "\n")
+    variants = tflite.write_variants(float32_copy(model), tflite_dir,
+                                     calibration_images(prepared))
+    pixels, labels = split_arrays(prepared, "test")
+    table = tflite.compare(model, Path(model_folder) / MODEL_FILE, variants, pixels, labels)
+    return table.to_dict("records")
+
+
+def calibration_images(prepared: PreparedData) -> np.ndarray:
+    """Training images in shuffled order (all classes), for the int8 variant's ranges."""
+    dataset = make_dataset(prepared, "train", tflite.CALIBRATION_IMAGES, training=True,
+                           cache=False)
+    images, _ = next(iter(dataset))
+    return images.numpy()
+
+
+def split_arrays(prepared: PreparedData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's float32 pixels and labels, in its shards' order."""
+    batches = list(make_dataset(prepared, split, 256, cache=False))
+    return (np.concatenate([images.numpy() for images, _ in batches]),
+            np.concatenate([labels.numpy() for _, labels in batches]))
+
+
+def graph_parity(folder: Path, model: keras.Model, class_names: list[str], config: dict,
+                 prepared: PreparedData) -> dict:
+    """The exported graph on the test split's files (decoding included) against ``imgcls
+    predict`` (training's decoding, the model as trained): top-1 agreement and the largest
+    probability difference."""
+    paths = [prepared.image_folder / path for path in prepared.paths("test")]
+    paths = [path for path in paths if not graph_input_problem(path, config["data"]["max_pixels"])]
+    exported = tf.saved_model.load(str(folder))
+    batches = [tf.constant([path.read_bytes() for path in paths[start:start + PARITY_BATCH]])
+               for start in range(0, len(paths), PARITY_BATCH)]
+    graph = np.concatenate([exported.signatures[SERVING_SIGNATURE](images=batch)
+                            [PROBABILITIES].numpy() for batch in batches])
+    graph_pixels = np.concatenate([exported.preprocess(batch).numpy() for batch in batches])
+    data = config["data"]
+    training_pixels = np.stack([load_image(path, tuple(data["image_size"]), data["channels"])
+                                for path in paths]).astype(np.float32)
+    trained = np.array([[dict(p.top)[name] for name in class_names] for p in predict_files(
+        model, class_names, config, paths, top_k=len(class_names))])
+    return {"images": len(paths), "test_images": prepared.count("test"),
+            "top1_agreement": float(np.mean(graph.argmax(-1) == trained.argmax(-1))),
+            "max_probability_difference": float(np.abs(graph - trained).max()),
+            "max_pixel_difference": float(np.abs(graph_pixels - training_pixels).max())}
 
 
 def float32_copy(model: keras.Model) -> keras.Model:

@@ -20,10 +20,12 @@ from PIL import Image
 
 from .errors import UserError
 from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, is_hidden, load_image,
-                     pixel_limit_checked_by_caller)
+                     pixel_limit_checked_by_caller, too_many_pixels)
 from .runtime import keras
 
 BATCH_SIZE = 128
+# What Pillow calls the formats TensorFlow's decoders (and so an exported graph) read.
+GRAPH_FORMATS = {"PNG", "JPEG", "MPO", "GIF", "BMP"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,58 @@ def predict_files(model: keras.Model, class_names: list[str], config: dict, path
                             Prediction(path, _top(next(probabilities), class_names, top_k))
                             for path, (pixels, error) in zip(chunk, decoded)]
     return predictions
+
+
+def predict_files_with_export(version, paths: list[Path], top_k: int = 3,
+                              batch_size: int = BATCH_SIZE) -> list[Prediction]:
+    """A Prediction for every image file by an exported model (an ``export.ExportedVersion``)
+    from the files' bytes, decoded by its graph as TensorFlow Serving runs it; a file the graph
+    cannot take gets its reason instead."""
+    from .runtime import tf
+    from .serving_graph import SERVING_SIGNATURE
+
+    signature = tf.saved_model.load(str(version.folder)).signatures[SERVING_SIGNATURE]
+    files = image_files(paths)
+    errors = {path: graph_input_problem(path, version.info["max_pixels"]) for path in files}
+    good = [path for path in files if not errors[path]]
+    probabilities = {}
+    for start in range(0, len(good), batch_size):
+        probabilities.update(_graph_probabilities(signature, good[start:start + batch_size],
+                                                  errors))
+    return [Prediction(path, _top(probabilities[path], version.class_names, top_k))
+            if path in probabilities else Prediction(path, [], errors[path]) for path in files]
+
+
+def _graph_probabilities(signature, batch: list[Path], errors: dict) -> dict:
+    """``path -> probabilities`` for a batch of files; when the graph refuses the batch (a file
+    Pillow reads and TensorFlow does not), file by file, the refused ones noted in ``errors``."""
+    from .runtime import tf
+    from .serving_graph import PROBABILITIES
+
+    try:
+        outputs = signature(images=tf.constant([path.read_bytes() for path in batch]))
+    except tf.errors.InvalidArgumentError as error:
+        if len(batch) > 1:
+            return {path: probabilities for single in batch for path, probabilities in
+                    _graph_probabilities(signature, [single], errors).items()}
+        errors[batch[0]] = f"not decodable by the exported graph ({error.message.splitlines()[0]})"
+        return {}
+    return dict(zip(batch, outputs[PROBABILITIES].numpy()))
+
+
+def graph_input_problem(path: Path, max_pixels: int) -> str:
+    """Why the exported graph cannot decode the file (not a PNG, JPEG, GIF or BMP; too many
+    pixels; damaged), or an empty string; checked with Pillow, fully decoding the file."""
+    try:
+        with pixel_limit_checked_by_caller(), Image.open(path) as image:
+            if image.format not in GRAPH_FORMATS:
+                return f"not a PNG, JPEG, GIF or BMP image ({image.format or 'unknown'} format)"
+            if problem := too_many_pixels(image.width, image.height, max_pixels):
+                return problem
+            image.load()
+    except (*DECODE_ERRORS, Image.DecompressionBombError) as error:
+        return f"not a readable image ({error})"
+    return ""
 
 
 def _decoded_batches(files: list[Path], batch_size: int, data: dict,

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 
 STARTUP_NOTICES = re.compile("|".join([
@@ -30,6 +31,25 @@ STARTUP_NOTICES = re.compile("|".join([
     r"computation_placer\.cc.*already registered",
     r"TF-TRT Warning: Could not find TensorRT",
 ]))
+
+
+# What the TensorFlow Lite converter and the LiteRT interpreter always print (fd 2): the converter
+# ignoring options the Python API sets, its quantization summary, XNNPACK taking over on CPU.
+TFLITE_NOTICES = re.compile("|".join([
+    r"tf_tfl_flatbuffer_helpers\.cc.*Ignored (output_format|drop_control_dependency)",
+    r"flatbuffer_export\.cc.*Skipping runtime version metadata",
+    r"^fully_quantize: \d+, inference_type",
+    r"Created TensorFlow Lite XNNPACK delegate for CPU",
+]))
+
+
+@contextmanager
+def without_tflite_notices():
+    """Run TensorFlow Lite conversions and interpreters without their routine notices."""
+    with _stderr_filtered(TFLITE_NOTICES), warnings.catch_warnings():
+        # int8 with uint8 pixels in: the input range comes from the calibration images
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
+        yield
 
 
 @contextmanager
@@ -59,4 +79,4 @@ with _stderr_filtered():
 
     tf.config.list_physical_devices()
 
-__all__ = ["tf", "keras"]
+__all__ = ["tf", "keras", "without_tflite_notices"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from .runtime import keras, tf
 
+SERVING_SIGNATURE = "serving_default"
+PIXELS_SIGNATURE = "pixels"
 IMAGES_INPUT = "images"
 PIXELS_INPUT = "pixels"
 PROBABILITIES = "probabilities"
