@@ -114,7 +114,8 @@ def cmd_predict(args) -> int:
 def _predictions(model: Path, images: list[Path], top_k: int) -> list:
     """Top-k labels of the images by a model folder, an export or a ``.tflite`` file."""
     from . import export
-    from .prediction import predict_files, predict_files_with_export
+    from .model_utils import predict_files
+    from .prediction import predict_files_with_export
 
     if model.suffix == ".tflite":
         from .tflite import load_tflite
@@ -132,7 +133,7 @@ def _predictions(model: Path, images: list[Path], top_k: int) -> list:
 
 
 def cmd_export(args) -> int:
-    from .export import export_model
+    from .model_utils import export_model
 
     project = _config_from_args(args)
     prepared = None

@@ -10,8 +10,10 @@ the benchmarks use, so they need a single ``from imgcls_utils import model_utils
 - ``checkpoints``: the per-epoch state that makes a run resumable
 - ``model_folders``: the ``.resumable`` run folder, saving, loading with integrity checks
 - ``prediction``: top-k labels for new image files
+- ``export``: the model for TensorFlow Serving and TensorFlow Lite
 """
 
+from .export import export_model
 from .hardware import HardwareError, choose_hardware
 from .model_folders import (ModelFolderError, find_unfinished_run, left_out_classes,
                             load_model_folder, new_run_folder, run_config, saved_files,
@@ -23,7 +25,8 @@ from .training import TrainingDiverged, compile_model, set_seed, train_model
 
 __all__ = [
     "HardwareError", "ModelConfigError", "ModelFolderError", "TrainingDiverged", "TrainingRun",
-    "build_model", "choose_hardware", "compile_model", "count_parameters", "find_unfinished_run",
+    "build_model", "choose_hardware", "compile_model", "count_parameters", "export_model",
+    "find_unfinished_run",
     "left_out_classes", "load_model_folder", "new_run_folder", "predict_files", "run_config", "saved_files",
     "set_seed", "train", "train_model", "unused_model_folder_name",
 ]
