@@ -163,6 +163,19 @@ def _model_data_config(args) -> Config:
     return load_config(args.config, overrides=data, set_options=args.set)
 
 
+def cmd_serve(args) -> int:
+    """Serve an export (or a model folder, exported first) until interrupted."""
+    overrides = dict(parse_set_option(option) for option in args.set or [])
+    flags = {"serve.host": args.host, "serve.port": args.port,
+             "serve.max_batch_size": 1 if args.no_batching else None}
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    cfg = load_config(args.config, overrides=overrides)
+    from .server import ServeSettings, serve
+
+    serve(args.target, ServeSettings.from_config(cfg))
+    return 0
+
+
 def cmd_run(args) -> int:
     """Execute the three notebooks in order with papermill, then report where everything is."""
     import papermill
@@ -275,6 +288,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("model_folder", type=Path)
     export.add_argument("--no-tflite", action="store_true", help="only the SavedModel: no "
                         "TensorFlow Lite variants and no report (which need the model's data)")
+    serve = command("serve", cmd_serve, "serve an export over TensorFlow Serving's REST API "
+                    "(plus POST /predict uploads, /healthz, /metrics), batching requests and "
+                    "loading new versions as they are exported")
+    serve.add_argument("target", type=Path, help="an export (paths.exports_dir/<name>: its "
+                       "newest version, watched for newer ones; or one version folder) or a "
+                       "model folder (exported first, unless its newest export is of it)")
+    serve.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: serve.port, 8501; 0: any free "
+                       "one)")
+    serve.add_argument("--no-batching", action="store_true", help="run each request on its own "
+                       "(serve.max_batch_size=1)")
     return parser
 
 

@@ -200,6 +200,15 @@ RULES: dict[str, Rule] = {
     "hardware.jit_compile": auto_or_boolean(),
     "hardware.steps_per_execution": integer(1),
     "hardware.deterministic": auto_or_boolean(),
+    "serve.host": text(),
+    "serve.port": integer(0, maximum=65535),
+    "serve.max_batch_size": integer(1),
+    "serve.batch_timeout_ms": integer(0, maximum=1000),
+    "serve.max_queued_images": integer(1),
+    "serve.max_request_mb": positive_number(),
+    "serve.poll_seconds": positive_number(),
+    "serve.top_k": integer(1),
+    "serve.api_key_variable": identifier(),
 }
 
 # Keys of earlier versions, and where they live now: an old name fails with the new one.
