@@ -149,7 +149,7 @@ def cmd_export(args) -> int:
               f"{parity['top1_agreement']:.4f}, largest probability difference "
               f"{parity['max_probability_difference']:.2g}, largest pixel difference "
               f"{parity['max_pixel_difference']:.0f}")
-        print(exported.tflite_table().to_string(index=False))
+        print(exported.tflite_table().to_string())
     return 0
 
 

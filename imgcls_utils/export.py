@@ -33,7 +33,7 @@ from .model_folders import MODEL_FILE, load_model_folder, model_name
 from .input_pipeline import make_dataset
 from .prediction import graph_input_problem, predict_files
 from .processed import PreparedData
-from .runtime import keras, tf
+from .runtime import keras, tensorflow_logs_above_warnings, tf
 from .images import load_image
 from .serving_graph import (IMAGES_INPUT, PIXELS_SIGNATURE, PROBABILITIES, SERVING_SIGNATURE,
                             ServingModule)
@@ -80,7 +80,8 @@ class ExportedVersion:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def tflite_table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.report["tflite"])
+        """File size, test accuracy and images/s of the Keras model and each ``.tflite`` file."""
+        return pd.DataFrame(self.report["tflite"]).set_index("model")
 
 
 def export_model(model_folder: Path, exports_dir: Path,
@@ -99,7 +100,7 @@ def export_model(model_folder: Path, exports_dir: Path,
             "model_sha256": file_sha256(Path(model_folder) / MODEL_FILE),
             "created": datetime.now().isoformat(timespec="seconds")}
     model_exports = Path(exports_dir) / name
-    with locked(model_exports):
+    with locked(model_exports), tensorflow_logs_above_warnings():
         final = model_exports / str(next_version(model_exports))
         with staged(final) as building:
             tf.saved_model.save(module, str(building), signatures={

@@ -53,6 +53,20 @@ def without_tflite_notices():
 
 
 @contextmanager
+def tensorflow_logs_above_warnings():
+    """Keep TensorFlow's Python logger to errors while the block runs: saving a SavedModel logs
+    ``Assets written to`` at INFO, and measuring a model on batches of two sizes (the last one
+    smaller) warns about retracing, both routine in an export."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
 def _stderr_filtered(notices: re.Pattern = STARTUP_NOTICES):
     """Capture fd 2 while the block runs, then re-emit the lines that are not ``notices``."""
     sys.stderr.flush()
@@ -79,4 +93,4 @@ with _stderr_filtered():
 
     tf.config.list_physical_devices()
 
-__all__ = ["tf", "keras", "without_tflite_notices"]
+__all__ = ["tf", "keras", "tensorflow_logs_above_warnings", "without_tflite_notices"]

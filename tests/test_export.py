@@ -111,7 +111,7 @@ def test_warmup_file_holds_tensorflow_serving_prediction_logs(exported):
 
 
 def test_tflite_variants_are_smaller_and_as_accurate_in_litert(exported):
-    table = exported[3].tflite_table().set_index("model")
+    table = exported[3].tflite_table()
     assert list(table.index) == ["Keras (.keras)", "TFLite float32", "TFLite float16",
                                  "TFLite int8"]
     sizes = table["size_kb"]
