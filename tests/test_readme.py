@@ -16,7 +16,10 @@ from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 # Commands that need what a test cannot have: a large dataset, a cluster, your own files.
-LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "apt-get install")
+LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "apt-get install",
+        "imgcls export", "imgcls serve", "curl ", "docker run")
+# What `imgcls serve` answers (tests/test_server.py sends these requests to a real server).
+SERVED_PATHS = re.compile(r"/v1/models/\w+(:predict|/metadata)?|/predict|/healthz|/metrics")
 
 
 def fenced_commands(language: str = "bash") -> list[str]:
@@ -66,6 +69,14 @@ def check_arguments(command: str) -> None:
             load_config(REPO_ROOT / CONFIG_RELATIVE_PATH, set_options=parsed.set)
     elif program in ("apt-get", "sudo"):
         assert "dataset-fashion-mnist" in args
+    elif program == "curl":
+        url = next(arg for arg in args if arg.startswith("http"))
+        assert url.startswith("http://127.0.0.1:8501/"), url  # serve.host and serve.port
+        assert SERVED_PATHS.fullmatch(url.removeprefix("http://127.0.0.1:8501")), url
+    elif program == "docker":  # TensorFlow Serving's image on an export folder
+        mount = args[args.index("-v") + 1]
+        assert re.fullmatch(r'"?\$PWD/exports/(\w+):/models/\1"?', mount), mount
+        assert f"MODEL_NAME={mount.split('/')[-1].strip(chr(34))}" in args
     else:
         pytest.fail(f"no argument check for {program}: {command}")
 
