@@ -52,6 +52,7 @@ from .export import (ASSETS_EXTRA, WARMUP_FILE, ExportedVersion, ExportError, ex
 from .files import file_sha256
 from .images import DECODE_ERRORS, pixel_limit_checked_by_caller, too_many_pixels
 from .model_folders import CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, model_name
+from .prediction import GRAPH_FORMATS
 from .runtime import tf
 from .serving_graph import PIXELS_SIGNATURE, SERVING_SIGNATURE
 from .serving_api import (ApiError, InvalidArgument, ModelCall, NotFound, PayloadTooLarge,
@@ -61,8 +62,6 @@ from .serving_api import (ApiError, InvalidArgument, ModelCall, NotFound, Payloa
                           status_response, PREDICT_PATH, STATUS_PATH, float32_value)
 
 LOGGER = logging.getLogger("imgcls.server")
-# What the header check lets through to the decoder (MPO: a multi-picture JPEG).
-ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "GIF", "BMP"}
 NOT_AN_IMAGE = "not a PNG, JPEG, GIF or BMP image"
 RETRY_AFTER_SECONDS = "1"
 
@@ -94,10 +93,6 @@ class ServeSettings:
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 1
-
-    @property
-    def max_request_bytes(self) -> int:
-        return int(self.max_request_mb * 1024 * 1024)
 
     def batch_sizes(self) -> list[int]:
         """The batch sizes warmed up at load: powers of two up to ``max_batch_size`` and it."""
@@ -412,10 +407,11 @@ class ModelManager:
             version = self.current
             if call.name != self.name or (version and call.version not in (None, version.number)):
                 raise NotFound(f"Servable not found for request: {call.servable()}")
-            if version is None:
-                raise Unavailable(f"Servable not found for request: {call.servable()}: "
-                                  f"{self.waiting_for()}")
-            version.in_flight += 1
+            if version is not None:
+                version.in_flight += 1
+        if version is None:
+            raise Unavailable(f"Servable not found for request: {call.servable()}: "
+                              f"{self.waiting_for()}")
         try:
             yield version
         finally:
@@ -626,7 +622,7 @@ def check_image(data: bytes, where: str, max_pixels: int) -> None:
                               "decoded") from None
     except (UnidentifiedImageError, *DECODE_ERRORS):
         raise InvalidArgument(f"{where}: {NOT_AN_IMAGE}") from None
-    if kind not in ACCEPTED_FORMATS:
+    if kind not in GRAPH_FORMATS:
         raise InvalidArgument(f"{where}: {NOT_AN_IMAGE} (Pillow reads it as {kind})")
     if problem := too_many_pixels(width, height, max_pixels):
         raise InvalidArgument(f"{where}: {problem}")
@@ -790,12 +786,13 @@ class LimitBody:
     """ASGI middleware: a body over ``limit`` bytes is refused with 413, from its
     Content-Length before reading, else as soon as the bytes read pass the limit."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, megabytes: float):
+        self.app, self.megabytes = app, megabytes
+        self.limit = int(megabytes * 1024 * 1024)
 
     def _too_large(self, size: str) -> str:
-        return (f"request body {size} is over serve.max_request_mb = "
-                f"{self.limit / 1024 / 1024:g} MB ({self.limit:,} bytes)")
+        return (f"request body {size} is over serve.max_request_mb = {self.megabytes:g} MB "
+                f"({self.limit:,} bytes)")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -999,7 +996,7 @@ def create_app(target: Path | ServeTarget, settings: ServeSettings):
 
     # Added last = outermost: every request is observed, then authenticated, then its body
     # read within the limit.
-    app.add_middleware(LimitBody, limit=settings.max_request_bytes)
+    app.add_middleware(LimitBody, megabytes=settings.max_request_mb)
     if api_key is not None:
         app.add_middleware(RequireApiKey, key=api_key, variable=settings.api_key_variable)
     app.add_middleware(Observe, metrics=metrics)
