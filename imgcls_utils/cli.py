@@ -165,11 +165,15 @@ def _model_data_config(args) -> Config:
 
 def cmd_serve(args) -> int:
     """Serve an export (or a model folder, exported first) until interrupted."""
+    import os
+
     overrides = dict(parse_set_option(option) for option in args.set or [])
     flags = {"serve.host": args.host, "serve.port": args.port,
              "serve.max_batch_size": 1 if args.no_batching else None}
     overrides.update({key: value for key, value in flags.items() if value is not None})
     cfg = load_config(args.config, overrides=overrides)
+    # TensorFlow's C++ warnings (one per undecodable upload) would break the JSON log lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .server import ServeSettings, serve
 
     serve(args.target, ServeSettings.from_config(cfg))

@@ -332,24 +332,25 @@ class ModelManager:
                 LOGGER.exception("polling %s failed: %s", self.target.folder, error)
             self._stop.wait(self.settings.poll_seconds)
 
-    def newest_on_disk(self) -> Path | None:
+    def on_disk(self) -> list[Path]:
+        """The complete versions there are, newest first (the pinned one alone if pinned)."""
         if self.target.pinned:
-            return self.target.folder if self.target.folder.is_dir() else None
-        found = versions(self.target.folder)
-        return self.target.folder / str(found[-1]) if found else None
+            return [self.target.folder] if self.target.folder.is_dir() else []
+        return [self.target.folder / str(number)
+                for number in reversed(versions(self.target.folder))]
 
     def poll(self) -> None:
-        """Load the newest complete version unless it is the one serving (or failed to load
-        and has not changed since)."""
-        folder = self.newest_on_disk()
-        if folder is None or (self.current and self.current.number == int(folder.name)):
-            return
-        files = folder_files(folder)
-        if self._failed.get(int(folder.name)) == files:
-            return
-        self._load(folder, files)
+        """Serve the newest version there is: load it unless it is the one serving; one that
+        failed to load (and has not changed since) is passed over for the next newest."""
+        for folder in self.on_disk():
+            if self.current and self.current.number == int(folder.name):
+                return
+            files = folder_files(folder)
+            if self._failed.get(int(folder.name)) != files and self._load(folder, files):
+                return
 
-    def _load(self, folder: Path, files: tuple) -> None:
+    def _load(self, folder: Path, files: tuple) -> bool:
+        """Load, warm up and swap in one version; False when it cannot be loaded."""
         version = ServedVersion(folder)
         with self._lock:
             self.known[version.number] = version
@@ -366,7 +367,7 @@ class ModelManager:
             self._failed[version.number] = files
             log_event("load_failed", model=self.name, version=version.number,
                       error=version.error_message)
-            return
+            return False
         self.metrics.warmup_records.labels(self.name).inc(version.warmup["records"])
         self.metrics.warmup_seconds.labels(self.name).set(version.warmup["seconds"])
         with self._lock:
@@ -383,6 +384,7 @@ class ModelManager:
                   replaced=old.number if old else None)
         if ended:
             self._ended(old)
+        return True
 
     def _retire(self, version: ServedVersion) -> bool:
         """Mark ``version`` UNLOADING (under the lock); True when nothing uses it any more."""
@@ -474,12 +476,13 @@ class _Queued:
     future: concurrent.futures.Future
 
 
+@dataclass
 class Ticket:
     """One admitted request: its images count against ``serve.max_queued_images`` until it
-    is answered."""
+    is answered; ``queued`` once it has left decoding for the model."""
 
-    def __init__(self, batcher: "Batcher", images: int):
-        self.batcher, self.images, self.queued = batcher, images, False
+    images: int
+    queued: bool = False
 
 
 class Batcher:
@@ -528,7 +531,7 @@ class Batcher:
             self._admitted += images
             self._arriving += 1
             self.metrics.admitted.set(self._admitted)
-        ticket = Ticket(self, images)
+        ticket = Ticket(images)
         try:
             yield ticket
         finally:
@@ -592,11 +595,11 @@ class Batcher:
         batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not batch:
             return
-        pixels = np.concatenate([item.pixels for item in batch])
-        self.metrics.batch_size.observe(len(pixels))
         try:
+            pixels = np.concatenate([item.pixels for item in batch])
+            self.metrics.batch_size.observe(len(pixels))
             outputs = batch[0].version.classify(pixels)
-        except Exception as error:
+        except Exception as error:  # each request answers it (500), the worker goes on
             for item in batch:
                 item.future.set_exception(error)
             return

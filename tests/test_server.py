@@ -394,6 +394,9 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(trained, digits
         assert statuses[0]["status"]["error_code"] == "UNKNOWN"
         assert statuses[0]["status"]["error_message"]
         assert client.post(PREDICT, json={"instances": [b64(digits[6])]}).status_code == 200
+    restarted = create_app(exports, settings_for(trained[0]))  # the newest one never loads
+    with started(restarted) as client:
+        assert client.get("/healthz").json()["version"] == 1
 
 
 def test_a_model_folder_is_exported_unless_its_newest_export_is_of_it(trained, tmp_path):
