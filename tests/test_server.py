@@ -174,6 +174,9 @@ def test_upload_answers_the_top_k_labels(served, digits):
         [rows["probabilities"][i] for i in best])
     default = client.post("/predict", files={"file": ("seven.png", digits[7])}).json()
     assert len(default["predictions"]) == 3  # serve.top_k
+    for fmt, mode in (("JPEG", "RGB"), ("GIF", "P"), ("BMP", "RGB")):
+        other = client.post("/predict", files={"file": ("x", png((64, 48), fmt, mode))})
+        assert other.status_code == 200, (fmt, other.text)
     assert client.get("/").status_code == 200 and 'name="file"' in client.get("/").text
 
 
