@@ -12,8 +12,10 @@ share the machine's cores with the server, as a load balancer on the same host w
 an export path, the default config's model is trained on the embedded digits (3 epochs: its
 weights do not change its speed) and exported, in a temporary project.
 
-Prints requests/s (median of the rounds), p50 and p99 latency (all rounds' requests) and the
-mean batch size per setting, and the batching / no-batching ratios. Exits 1 if any request
+Prints requests/s (median of the rounds), p50 and p99 latency (all rounds' requests) as the
+clients measured them and as the server logged them (from reading the request to sending the
+answer: the difference is HTTP, the network stack and the clients' own threads), the mean
+batch size per setting, and the batching / no-batching ratios. Exits 1 if any request
 failed or a setting ran past its time limit.
 """
 
@@ -65,6 +67,7 @@ class Server:
     """``imgcls serve`` in a subprocess: its base URL once /healthz says ready."""
 
     def __init__(self, export: Path, flags: list[str], log: Path):
+        self.log_path = log
         self.log = open(log, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "imgcls_utils.cli", "serve", str(export), "--port", "0",
@@ -96,6 +99,19 @@ class Server:
         text = self.get("/metrics")[1].decode()
         return (float(re.search(r"imgcls_batch_size_count (\S+)", text)[1]),
                 float(re.search(r"imgcls_batch_size_sum (\S+)", text)[1]))
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def latencies_since(self, offset: int, path: str) -> list[float]:
+        """The server's own latency (seconds) of each ``path`` request logged after
+        ``offset``: its JSON request lines."""
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            lines = [json.loads(line) for line in log.read().splitlines()
+                     if line.startswith(b'{"time"') and b'"latency_ms"' in line]
+        return [line["latency_ms"] / 1000 for line in lines
+                if line["path"] == path and line["status"] == 200]
 
     def stop(self) -> None:
         self.process.terminate()
@@ -181,8 +197,11 @@ def main() -> int:
                 before = {mode: server.batches() for mode, server in servers.items()}
                 for _ in range(args.rounds):
                     for mode, server in servers.items():
-                        results[mode, clients].append(
-                            load(server, path, body, clients, args.requests))
+                        offset = server.log_size()
+                        run = load(server, path, body, clients, args.requests)
+                        time.sleep(0.2)  # the last log lines written
+                        run["server"] = server.latencies_since(offset, path)
+                        results[mode, clients].append(run)
                 for mode, server in servers.items():
                     calls, images = (now - then for now, then in
                                      zip(server.batches(), before[mode]))
@@ -206,17 +225,20 @@ def report(results: dict, batches: dict, version, args, digit: Path) -> None:
           f"one {digit.stat().st_size}-byte digit PNG in base64; {args.requests} requests per "
           f"setting and round, {args.rounds} rounds (requests/s: median; latency: all "
           "requests)\n")
+    print(f"{'':>7} | {'':<11} | {'':>7} | {'client side':^17} | {'server side':^17} |")
     print(f"{'clients':>7} | {'mode':<11} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | "
-          f"{'images/call':>11}")
+          f"{'p50 ms':>7} | {'p99 ms':>7} | {'images/call':>11}")
     summary = {}
     for clients in CLIENTS:
         for mode in MODES:
             runs = results[mode, clients]
             latencies = [value for run in runs for value in run["latencies"]] or [float("nan")]
+            server = [value for run in runs for value in run["server"]] or [float("nan")]
             summary[mode, clients] = (statistics.median(run["rate"] for run in runs),
                                       percentile(latencies, 0.50), percentile(latencies, 0.99))
             rate, p50, p99 = summary[mode, clients]
             print(f"{clients:>7} | {mode:<11} | {rate:7.0f} | {p50:7.2f} | {p99:7.2f} | "
+                  f"{percentile(server, 0.50):7.2f} | {percentile(server, 0.99):7.2f} | "
                   f"{batches[mode, clients]:11.2f}")
     print("\nbatching / no batching:")
     print(f"{'clients':>7} | {'req/s':>7} | {'p50':>7} | {'p99':>7}")

@@ -55,11 +55,11 @@ from .model_folders import CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, model_name
 from .prediction import GRAPH_FORMATS
 from .runtime import tf
 from .serving_graph import PIXELS_SIGNATURE, SERVING_SIGNATURE
-from .serving_api import (ApiError, InvalidArgument, ModelCall, NotFound, PayloadTooLarge,
-                          ResourceExhausted, Unauthenticated, Unavailable, decode_bytes,
-                          error_body, metadata_response, parse_json_body, parse_path,
+from .serving_api import (PREDICT_PATH, STATUS_PATH, ApiError, InvalidArgument, ModelCall,
+                          NotFound, ResourceExhausted, Unavailable, decode_bytes, error_body,
+                          float32_value, metadata_response, parse_json_body, parse_path,
                           parse_predict, pixels_array, predict_response, signature_name,
-                          status_response, PREDICT_PATH, STATUS_PATH, float32_value)
+                          status_response)
 
 LOGGER = logging.getLogger("imgcls.server")
 NOT_AN_IMAGE = "not a PNG, JPEG, GIF or BMP image"
@@ -960,8 +960,8 @@ def create_app(target: Path | ServeTarget, settings: ServeSettings):
         probabilities = outputs["probabilities"][0]
         best = np.argsort(-probabilities, kind="stable")[:int(top_k)]
         return json_response({"model": manager.name, "version": version.number, "predictions": [
-            {"label": version.class_names[index], "probability": float32_value(probabilities[index])}
-            for index in best]})
+            {"label": version.class_names[index],
+             "probability": float32_value(probabilities[index])} for index in best]})
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST"])
     async def tensorflow_serving(request: Request):

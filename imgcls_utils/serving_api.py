@@ -26,10 +26,10 @@ ECHO_LIMIT = 120  # characters of a bad JSON value quoted back in an error messa
 
 
 class ApiError(Exception):
-    """A request that fails: ``status`` is the HTTP status, ``message`` the ``error`` text."""
+    """A request that fails: ``status`` is the HTTP status TensorFlow Serving maps the error's
+    kind to, ``message`` the ``error`` text."""
 
     status = 500
-    code = "INTERNAL"
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -37,27 +37,19 @@ class ApiError(Exception):
 
 
 class InvalidArgument(ApiError):
-    status, code = 400, "INVALID_ARGUMENT"
-
-
-class Unauthenticated(ApiError):
-    status, code = 401, "UNAUTHENTICATED"
+    status = 400
 
 
 class NotFound(ApiError):
-    status, code = 404, "NOT_FOUND"
-
-
-class PayloadTooLarge(ApiError):
-    status, code = 413, "RESOURCE_EXHAUSTED"
+    status = 404
 
 
 class ResourceExhausted(ApiError):
-    status, code = 429, "RESOURCE_EXHAUSTED"
+    status = 429
 
 
 class Unavailable(ApiError):
-    status, code = 503, "UNAVAILABLE"
+    status = 503
 
 
 def error_body(message: str) -> bytes:
