@@ -895,7 +895,9 @@ def create_app(target: Path | ServeTarget, settings: ServeSettings):
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, error: RequestValidationError):
-        return json_response({"error": str(error)}, 400)
+        problems = "; ".join(f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}"
+                             for problem in error.errors())
+        return json_response({"error": f"invalid request: {problems}"}, 400)
 
     async def classify_images(ticket: Ticket, version: ServedVersion, images: list[bytes],
                               where) -> dict[str, np.ndarray]:
