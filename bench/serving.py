@@ -175,6 +175,8 @@ def main() -> int:
                         "without one, the default digits model is trained and exported first")
     parser.add_argument("--requests", type=int, default=REQUESTS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--clients", type=lambda text: tuple(map(int, text.split(","))),
+                        default=CLIENTS, help="client counts, e.g. 1,8,32")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as tmp:
         export = args.export.resolve() if args.export else train_and_export(Path(tmp))
@@ -191,9 +193,9 @@ def main() -> int:
         try:
             for server in servers.values():  # connections, threads, allocator: warm
                 load(server, path, body, 8, 100)
-            results = {(mode, clients): [] for mode in MODES for clients in CLIENTS}
+            results = {(mode, clients): [] for mode in MODES for clients in args.clients}
             batches = {}
-            for clients in CLIENTS:
+            for clients in args.clients:
                 before = {mode: server.batches() for mode, server in servers.items()}
                 for _ in range(args.rounds):
                     for mode, server in servers.items():
@@ -229,7 +231,7 @@ def report(results: dict, batches: dict, version, args, digit: Path) -> None:
     print(f"{'clients':>7} | {'mode':<11} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | "
           f"{'p50 ms':>7} | {'p99 ms':>7} | {'images/call':>11}")
     summary = {}
-    for clients in CLIENTS:
+    for clients in args.clients:
         for mode in MODES:
             runs = results[mode, clients]
             latencies = [value for run in runs for value in run["latencies"]] or [float("nan")]
@@ -242,7 +244,7 @@ def report(results: dict, batches: dict, version, args, digit: Path) -> None:
                   f"{batches[mode, clients]:11.2f}")
     print("\nbatching / no batching:")
     print(f"{'clients':>7} | {'req/s':>7} | {'p50':>7} | {'p99':>7}")
-    for clients in CLIENTS:
+    for clients in args.clients:
         (rate, p50, p99), (base_rate, base_p50, base_p99) = (
             summary["batching", clients], summary["no batching", clients])
         print(f"{clients:>7} | x{rate / base_rate:6.2f} | x{p50 / base_p50:6.2f} | "
