@@ -26,6 +26,7 @@ from .runtime import keras
 BATCH_SIZE = 128
 # What Pillow calls the formats TensorFlow's decoders (and so an exported graph) read.
 GRAPH_FORMATS = {"PNG", "JPEG", "MPO", "GIF", "BMP"}
+NOT_A_GRAPH_FORMAT = "not a PNG, JPEG, GIF or BMP image"
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,20 @@ def graph_input_problem(path: Path, max_pixels: int) -> str:
     pixels; damaged), or an empty string; checked with Pillow, fully decoding the file."""
     try:
         with pixel_limit_checked_by_caller(), Image.open(path) as image:
-            if image.format not in GRAPH_FORMATS:
-                return f"not a PNG, JPEG, GIF or BMP image ({image.format or 'unknown'} format)"
-            if problem := too_many_pixels(image.width, image.height, max_pixels):
+            if problem := graph_header_problem(image, max_pixels):
                 return problem
             image.load()
     except (*DECODE_ERRORS, Image.DecompressionBombError) as error:
         return f"not a readable image ({error})"
     return ""
+
+
+def graph_header_problem(image: Image.Image, max_pixels: int) -> str:
+    """What an opened image's header alone says the exported graph must not decode: a format
+    TensorFlow does not read, or more than ``max_pixels`` pixels; an empty string if nothing."""
+    if image.format not in GRAPH_FORMATS:
+        return f"{NOT_A_GRAPH_FORMAT} (Pillow reads it as {image.format or 'unknown'})"
+    return too_many_pixels(image.width, image.height, max_pixels)
 
 
 def _decoded_batches(files: list[Path], batch_size: int, data: dict,

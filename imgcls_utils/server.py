@@ -49,11 +49,11 @@ from starlette.responses import HTMLResponse, Response
 from .config import Config
 from .errors import UserError
 from .export import (ASSETS_EXTRA, WARMUP_FILE, ExportedVersion, ExportError, export_model,
-                     read_version, versions)
+                     find_version, read_version, versions)
 from .files import file_sha256
-from .images import DECODE_ERRORS, pixel_limit_checked_by_caller, too_many_pixels
+from .images import DECODE_ERRORS, pixel_limit_checked_by_caller
 from .model_folders import CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, model_name
-from .prediction import GRAPH_FORMATS
+from .prediction import NOT_A_GRAPH_FORMAT, graph_header_problem
 from .runtime import tf
 from .serving_graph import PIXELS_SIGNATURE, SERVING_SIGNATURE
 from .serving_api import (PREDICT_PATH, STATUS_PATH, ApiError, InvalidArgument, ModelCall,
@@ -63,7 +63,6 @@ from .serving_api import (PREDICT_PATH, STATUS_PATH, ApiError, InvalidArgument, 
                           status_response)
 
 LOGGER = logging.getLogger("imgcls.server")
-NOT_AN_IMAGE = "not a PNG, JPEG, GIF or BMP image"
 RETRY_AFTER_SECONDS = "1"
 
 
@@ -160,9 +159,8 @@ def _exported_model_folder(folder: Path, exports_dir: Path | None) -> ServeTarge
     try:
         config = yaml.safe_load((folder / CONFIG_FILE).read_text())
         name = model_name(Config(config, root=folder))
-        found = versions(Path(exports_dir) / name)
-        newest = read_version(Path(exports_dir) / name / str(found[-1])) if found else None
-        if newest and newest.info.get("model_sha256") == file_sha256(folder / MODEL_FILE):
+        newest = find_version(Path(exports_dir) / name)  # ExportError when there is none
+        if newest.info.get("model_sha256") == file_sha256(folder / MODEL_FILE):
             return ServeTarget(name, (Path(exports_dir) / name).resolve(),
                                note=f"version {newest.version} is the export of {folder}")
     except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError, UserError):
@@ -639,18 +637,16 @@ def check_image(data: bytes, where: str, max_pixels: int) -> None:
     """Refuse from its header alone what is not a PNG, JPEG, GIF or BMP, or has more than
     ``max_pixels`` pixels (a decompression bomb is never decoded)."""
     if not data:
-        raise InvalidArgument(f"{where}: empty image (0 bytes); {NOT_AN_IMAGE}")
+        raise InvalidArgument(f"{where}: empty image (0 bytes); {NOT_A_GRAPH_FORMAT}")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            kind, width, height = image.format, image.width, image.height
+            problem = graph_header_problem(image, max_pixels)
     except Image.DecompressionBombError as error:
         raise InvalidArgument(f"{where}: {error} (over data.max_pixels = {max_pixels:,}): not "
                               "decoded") from None
     except (UnidentifiedImageError, *DECODE_ERRORS):
-        raise InvalidArgument(f"{where}: {NOT_AN_IMAGE}") from None
-    if kind not in GRAPH_FORMATS:
-        raise InvalidArgument(f"{where}: {NOT_AN_IMAGE} (Pillow reads it as {kind})")
-    if problem := too_many_pixels(width, height, max_pixels):
+        raise InvalidArgument(f"{where}: {NOT_A_GRAPH_FORMAT}") from None
+    if problem:
         raise InvalidArgument(f"{where}: {problem}")
 
 
