@@ -29,12 +29,11 @@ from . import tflite
 from .config import Config
 from .errors import UserError
 from .files import file_sha256, locked, staged
-from .model_folders import MODEL_FILE, load_model_folder, model_name
 from .input_pipeline import make_dataset
-from .prediction import graph_input_problem, predict_files
+from .model_folders import MODEL_FILE, load_model_folder, model_name
+from .prediction import graph_input_problem
 from .processed import PreparedData
 from .runtime import keras, tensorflow_logs_above_warnings, tf
-from .images import load_image
 from .serving_graph import (IMAGES_INPUT, PIXELS_SIGNATURE, PROBABILITIES, SERVING_SIGNATURE,
                             ServingModule)
 
@@ -42,8 +41,6 @@ ASSETS_EXTRA = "assets.extra"
 EXPORT_INFO = "imgcls.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP_BATCH_SIZES = (1, 8)  # TensorFlow Serving replays each record once at load
-
-
 REPORT_FILE = "report.json"
 TFLITE_DIR = "tflite"
 LABELS_FILE = "labels.txt"
@@ -110,22 +107,24 @@ def export_model(model_folder: Path, exports_dir: Path,
             (building / ASSETS_EXTRA / EXPORT_INFO).write_text(json.dumps(info, indent=2))
             write_warmup_requests(building / ASSETS_EXTRA / WARMUP_FILE, name, info)
             if prepared is not None:
-                report = {"parity": graph_parity(building, model, class_names, config, prepared),
-                          "tflite": tflite_report(model, building, prepared, model_folder)}
+                pixels, labels = split_arrays(prepared, "test")
+                report = {"parity": graph_parity(building, model, prepared, data, pixels),
+                          "tflite": tflite_report(model, building, prepared, model_folder,
+                                                  pixels, labels)}
                 (building / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return ExportedVersion(final, info)
 
 
-def tflite_report(model: keras.Model, folder: Path, prepared: PreparedData,
-                  model_folder: Path) -> list[dict]:
+def tflite_report(model: keras.Model, folder: Path, prepared: PreparedData, model_folder: Path,
+                  pixels: np.ndarray, labels: np.ndarray) -> list[dict]:
     """Write ``tflite/<variant>.tflite`` (converted from the model computing in float32) and
-    ``tflite/labels.txt``; the rows of their table, the Keras ``model`` as trained first."""
+    ``tflite/labels.txt``; the rows of their table on the test ``pixels``, the Keras ``model``
+    as trained first."""
     tflite_dir = Path(folder) / TFLITE_DIR
     tflite_dir.mkdir()
     (tflite_dir / LABELS_FILE).write_text("\n".join(prepared.class_names) + "\n")
     variants = tflite.write_variants(float32_copy(model), tflite_dir,
                                      calibration_images(prepared))
-    pixels, labels = split_arrays(prepared, "test")
     table = tflite.compare(model, Path(model_folder) / MODEL_FILE, variants, pixels, labels)
     return table.to_dict("records")
 
@@ -145,24 +144,22 @@ def split_arrays(prepared: PreparedData, split: str) -> tuple[np.ndarray, np.nda
             np.concatenate([labels.numpy() for _, labels in batches]))
 
 
-def graph_parity(folder: Path, model: keras.Model, class_names: list[str], config: dict,
-                 prepared: PreparedData) -> dict:
-    """The exported graph on the test split's files (decoding included) against ``imgcls
-    predict`` (training's decoding, the model as trained): top-1 agreement and the largest
-    probability difference."""
+def graph_parity(folder: Path, model: keras.Model, prepared: PreparedData, data: dict,
+                 pixels: np.ndarray) -> dict:
+    """The exported graph on the test split's files (decoding included) against the model as
+    trained on training's pixels for them (the test shards' ``pixels``, which are what ``imgcls
+    predict`` feeds it: tests/test_preprocessing_parity.py): top-1 agreement and the largest
+    probability and pixel differences."""
     paths = [prepared.image_folder / path for path in prepared.paths("test")]
-    paths = [path for path in paths if not graph_input_problem(path, config["data"]["max_pixels"])]
+    readable = np.array([not graph_input_problem(path, data["max_pixels"]) for path in paths])
+    paths, training_pixels = [p for p, ok in zip(paths, readable) if ok], pixels[readable]
     exported = tf.saved_model.load(str(folder))
     batches = [tf.constant([path.read_bytes() for path in paths[start:start + PARITY_BATCH]])
                for start in range(0, len(paths), PARITY_BATCH)]
     graph = np.concatenate([exported.signatures[SERVING_SIGNATURE](images=batch)
                             [PROBABILITIES].numpy() for batch in batches])
     graph_pixels = np.concatenate([exported.preprocess(batch).numpy() for batch in batches])
-    data = config["data"]
-    training_pixels = np.stack([load_image(path, tuple(data["image_size"]), data["channels"])
-                                for path in paths]).astype(np.float32)
-    trained = np.array([[dict(p.top)[name] for name in class_names] for p in predict_files(
-        model, class_names, config, paths, top_k=len(class_names))])
+    trained = model.predict(training_pixels, batch_size=PARITY_BATCH, verbose=0)
     return {"images": len(paths), "test_images": prepared.count("test"),
             "top1_agreement": float(np.mean(graph.argmax(-1) == trained.argmax(-1))),
             "max_probability_difference": float(np.abs(graph - trained).max()),
@@ -197,7 +194,12 @@ def versions(model_exports: Path) -> list[int]:
     if not Path(model_exports).is_dir():
         return []
     return sorted(int(path.name) for path in Path(model_exports).iterdir()
-                  if path.name.isdigit() and (path / "saved_model.pb").is_file())
+                  if is_version_folder(path))
+
+
+def is_version_folder(path: Path) -> bool:
+    """``exports/<name>/<number>`` holding a SavedModel."""
+    return path.name.isdigit() and (path / "saved_model.pb").is_file()
 
 
 def write_warmup_requests(path: Path, name: str, info: dict) -> None:
@@ -228,7 +230,7 @@ def find_version(path: Path) -> ExportedVersion:
     """The version an export path names: ``exports/<name>/<version>`` itself, or the newest
     version under ``exports/<name>``."""
     path = Path(path)
-    if path.name.isdigit() and (path / "saved_model.pb").is_file():
+    if is_version_folder(path):
         return read_version(path)
     found = versions(path)
     if not found:
