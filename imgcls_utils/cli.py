@@ -156,9 +156,9 @@ def cmd_export(args) -> int:
 def _model_data_config(args) -> Config:
     """This project's config with the data settings a model folder was trained with: where its
     processed data is (rebuilt if it was deleted), in this project."""
-    from .model_utils import load_model_folder
+    from .model_folders import trained_config
 
-    _, _, trained = load_model_folder(args.model_folder)
+    trained = trained_config(args.model_folder)
     data = {f"data.{key}": value for key, value in trained["data"].items()}
     return load_config(args.config, overrides=data, set_options=args.set)
 

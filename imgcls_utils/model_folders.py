@@ -175,18 +175,25 @@ def load_model_folder(folder: Path) -> tuple[keras.Model, list[str], dict]:
     """The model (loaded in Keras safe mode), its class names and the config it was trained
     with, after checking every file against the sha256 recorded in the manifest."""
     folder = Path(folder)
-    if folder.name.endswith(RESUMABLE_SUFFIX):
-        raise ModelFolderError(f"{folder} is an unfinished training run, not a model folder; "
-                               f"finish it with `imgcls train --resume {folder}`")
-    _check_files(folder)
+    config = trained_config(folder)
     try:
         model = keras.saving.load_model(folder / MODEL_FILE, safe_mode=True)
     except Exception as error:  # a damaged archive fails in zipfile, h5py or Keras
         raise ModelFolderError(f"{folder / MODEL_FILE} cannot be loaded ({error}); restore the "
                                "folder from a backup or retrain") from None
     class_names = json.loads((folder / CLASS_NAMES_FILE).read_text())
-    config = yaml.safe_load((folder / CONFIG_FILE).read_text())
     return model, class_names, config
+
+
+def trained_config(folder: Path) -> dict:
+    """The config a finished model folder was trained with, after the same checks as
+    ``load_model_folder`` (without loading the model)."""
+    folder = Path(folder)
+    if folder.name.endswith(RESUMABLE_SUFFIX):
+        raise ModelFolderError(f"{folder} is an unfinished training run, not a model folder; "
+                               f"finish it with `imgcls train --resume {folder}`")
+    _check_files(folder)
+    return yaml.safe_load((folder / CONFIG_FILE).read_text())
 
 
 def left_out_classes(folder: Path) -> dict[str, str]:
