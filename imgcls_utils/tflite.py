@@ -132,7 +132,8 @@ def compare(model: keras.Model, model_file: Path, variants: dict[str, Path],
 
 def _measured(name: str, path: Path, predict, pixels: np.ndarray, labels: np.ndarray) -> dict:
     batches = [pixels[start:start + SPEED_BATCH] for start in range(0, len(pixels), SPEED_BATCH)]
-    predict(batches[0])  # the first call builds and allocates: not timed
+    for size in (len(batches[-1]), len(batches[0])):  # a first call at each batch size traces
+        predict(batches[0][:size])  # (Keras) or allocates (LiteRT): not timed
     start = time.perf_counter()
     probabilities = np.concatenate([np.asarray(predict(batch)) for batch in batches])
     seconds = time.perf_counter() - start
