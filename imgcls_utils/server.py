@@ -24,18 +24,22 @@ import collections
 import concurrent.futures
 import gc
 import hmac
+import html
 import io
 import json
 import logging
 import os
 import socket
+import string
 import sys
 import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import yaml
@@ -89,6 +93,11 @@ class ServeSettings:
         """The settings of ``cfg``; ``overrides`` (``max_batch_size=1``) replace single ones."""
         values = {**dict(cfg.serve), "exports_dir": cfg.path("exports_dir"), **overrides}
         return cls(**values)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body accepted; the web page checks a file against it too."""
+        return int(self.max_request_mb * 1024 * 1024)
 
     @property
     def batching(self) -> bool:
@@ -808,9 +817,9 @@ class LimitBody:
     """ASGI middleware: a body over ``limit`` bytes is refused with 413, from its
     Content-Length before reading, else as soon as the bytes read pass the limit."""
 
-    def __init__(self, app, megabytes: float):
-        self.app, self.megabytes = app, megabytes
-        self.limit = int(megabytes * 1024 * 1024)
+    def __init__(self, app, settings: ServeSettings):
+        self.app, self.megabytes = app, settings.max_request_mb
+        self.limit = settings.max_request_bytes
 
     def _too_large(self, size: str) -> str:
         return (f"request body {size} is over serve.max_request_mb = {self.megabytes:g} MB "
@@ -851,19 +860,14 @@ class LimitBody:
 
 # ----------------------------------------------------------------------------- the app
 
-UPLOAD_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>imgcls: {name}</title></head>
-<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
-<h1>{name}</h1>
-<form action="predict" method="post" enctype="multipart/form-data">
-<input type="file" name="file" accept="image/png,image/jpeg,image/gif,image/bmp" required>
-<button>Classify</button></form>
-<p>TensorFlow Serving REST API: <code>POST /v1/models/{name}:predict</code>,
-status <a href="v1/models/{name}">/v1/models/{name}</a>,
-metadata <a href="v1/models/{name}/metadata">/v1/models/{name}/metadata</a>;
-<a href="healthz">/healthz</a>, <a href="metrics">/metrics</a>.</p>
-</body></html>
-"""
+def upload_page(name: str, settings: ServeSettings) -> str:
+    """The page at / (package data ``web/index.html``), filled in once with the model's name
+    (HTML-escaped: it is a folder name) and the limits the page checks before uploading."""
+    page = (resources.files(__package__) / "web" / "index.html").read_text(encoding="utf-8")
+    return string.Template(page).substitute(
+        name=html.escape(name), name_in_url=html.escape(quote(name, safe="")),
+        top_k=settings.top_k, max_bytes=settings.max_request_bytes,
+        max_size=f"{settings.max_request_mb:g} MB")
 
 
 def json_response(content, status: int = 200, headers: dict | None = None) -> Response:
@@ -946,9 +950,11 @@ def create_app(target: Path | ServeTarget, settings: ServeSettings):
 
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    page_text = upload_page(manager.name, settings)
+
     @app.get("/")
     async def page():
-        return HTMLResponse(UPLOAD_PAGE.format(name=manager.name))
+        return HTMLResponse(page_text)
 
     @app.post("/predict")
     async def upload(request: Request):
@@ -1020,7 +1026,7 @@ def create_app(target: Path | ServeTarget, settings: ServeSettings):
 
     # Added last = outermost: every request is observed, then authenticated, then its body
     # read within the limit.
-    app.add_middleware(LimitBody, megabytes=settings.max_request_mb)
+    app.add_middleware(LimitBody, settings=settings)
     if api_key is not None:
         app.add_middleware(RequireApiKey, key=api_key, variable=settings.api_key_variable)
     app.add_middleware(Observe, metrics=metrics)
