@@ -367,12 +367,13 @@ def _type_hint(value: Any) -> str:
     return ""
 
 
-def _key_problem(key: str, value: Any, source: str) -> str | None:
-    rule = RULES.get(key)
-    if key in MOVED:
+def _key_problem(key: str, value: Any, source: str,
+                 rules: Mapping[str, Rule] = RULES) -> str | None:
+    rule = rules.get(key)
+    if key in MOVED and MOVED[key] in rules:
         return f"'{key}' (from {source}) moved to '{MOVED[key]}'; use that name"
     if rule is None:
-        return f"unknown key '{key}' (from {source}){_suggestion(key, list(RULES))}"
+        return f"unknown key '{key}' (from {source}){_suggestion(key, list(rules))}"
     if not rule.is_type(value):
         return f"{key} = {_describe(value)}: expected {rule.allowed or rule.type_name}" \
                f"{_type_hint(value)}"
@@ -381,12 +382,26 @@ def _key_problem(key: str, value: Any, source: str) -> str | None:
     return None
 
 
-def validate(values: Mapping[str, Any], source: str) -> list[str]:
-    """Every problem in a flat ``section.key -> value`` mapping, as one sentence each."""
+def validate(values: Mapping[str, Any], source: str,
+             rules: Mapping[str, Rule] = RULES) -> list[str]:
+    """Every problem in a flat ``section.key -> value`` mapping, as one sentence each.
+    ``rules``: another file's table (``Deployment/deployment.yaml``'s) checked the same way;
+    the checks across keys belong to this config's own table."""
     problems = [problem for key, value in values.items()
-                if (problem := _key_problem(key, value, source))]
-    problems += [f"missing key '{key}' in {source}" for key in RULES if key not in values]
-    return problems or _cross_field_problems(values)
+                if (problem := _key_problem(key, value, source, rules))]
+    problems += [f"missing key '{key}' in {source}" for key in rules if key not in values]
+    return problems or (_cross_field_problems(values) if rules is RULES else [])
+
+
+def read_flat(path: Path) -> dict[str, Any]:
+    """A settings file's ``section.key -> value`` pairs, not yet validated."""
+    if not path.is_file():
+        raise ConfigError([f"config file {path} does not exist"])
+    try:
+        nested = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path} is not valid YAML: {error}"]) from None
+    return _flatten(nested, str(path))
 
 
 def default_config_path() -> Path:
@@ -402,13 +417,7 @@ def load_config(path: str | Path | None = None,
     ``overrides`` (``section.key -> value``) and ``set_options`` (``section.key=value``
     strings), validate everything, and return the Config."""
     path = Path(path) if path else default_config_path()
-    if not path.is_file():
-        raise ConfigError([f"config file {path} does not exist"])
-    try:
-        defaults = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError([f"{path} is not valid YAML: {error}"]) from None
-    values = _flatten(defaults, str(path))
+    values = read_flat(path)
     problems = validate(values, str(path))
     if problems:
         raise ConfigError(problems)
