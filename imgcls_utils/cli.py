@@ -1,4 +1,4 @@
-"""The ``imgcls`` command: ``imgcls run|prepare|train|predict|export|serve|scan|config ...``.
+"""The ``imgcls`` command: ``imgcls run|prepare|train|predict|export|serve|deploy|scan|config ...``.
 
 The config is loaded and validated before anything heavy is imported, so a mistake in it is
 reported within a second, as one message, without a traceback.
@@ -16,8 +16,9 @@ from pathlib import Path
 from importlib.metadata import version
 
 from .config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, Config, default_config_path,
-                     load_config, parse_set_option)
-from .errors import UserError
+                     find_project_root, load_config, parse_set_option)
+from .deployment import DEPLOYMENT_RELATIVE_PATH, load_deployment, write_deployment
+from .errors import UserError, warn
 
 NOTEBOOKS = ("Data_Exploration", "Data_Preprocessing", "Model_Training")
 USER_ERROR = 2  # exit code: a bad config, data or model folder, told in one line
@@ -180,6 +181,18 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    """Validate the deployment settings and render compose.yaml and nginx.conf next to them."""
+    settings = load_deployment(args.settings or find_project_root() / DEPLOYMENT_RELATIVE_PATH)
+    for path in write_deployment(settings):
+        print(f"wrote {path}")
+    export = (settings.folder / settings.exports_dir / settings.model).resolve()
+    if not export.is_dir():
+        warn(f"{export} does not exist yet: the replicas serve it, so export the model "
+             "(imgcls export) before starting them")
+    return 0
+
+
 def cmd_run(args) -> int:
     """Execute the three notebooks in order with papermill, then report where everything is."""
     import papermill
@@ -303,6 +316,11 @@ def _parser() -> argparse.ArgumentParser:
                        "one)")
     serve.add_argument("--no-batching", action="store_true", help="run each request on its own "
                        "(serve.max_batch_size=1)")
+    deploy = command("deploy", cmd_deploy, "validate the deployment settings and write the "
+                     "compose.yaml and nginx.conf of imgcls serve replicas behind nginx next to "
+                     "them", configurable=False)
+    deploy.add_argument("--settings", type=Path, help=f"the deployment settings (default: the "
+                        f"project's {DEPLOYMENT_RELATIVE_PATH})")
     return parser
 
 
