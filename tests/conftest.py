@@ -12,6 +12,11 @@ from PIL import Image
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A small CNN on 16x16 digits, in float32 so that batched and lone rows compare to 1e-5.
+SERVED_RUN = {"data.image_size": [16, 16], "model.conv_filters": [8], "model.dense_units": 16,
+              "train.epochs": 2, "train.min_steps_per_epoch": 10, "train.verbose": 0,
+              "train.classical_baselines": False, "data.near_duplicate_distance": "none",
+              "hardware.mixed_precision": "float32"}
 
 
 @pytest.fixture
@@ -51,3 +56,19 @@ def class_folder(tmp_path: Path) -> Path:
         for i in range(10):
             write_image(root / name / f"{i}.png", seed=100 * c + i)
     return root
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory):
+    """``(project config, model folder, export version folder)`` of one small digits CNN,
+    trained and exported once for every test that serves it. Read-only: copy the version
+    folder before changing what is next to it."""
+    from imgcls_utils import model_utils
+
+    root = tmp_path_factory.mktemp("served_project")
+    (root / "config").mkdir()
+    shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, root / CONFIG_RELATIVE_PATH)
+    cfg = load_config(root / CONFIG_RELATIVE_PATH, overrides=SERVED_RUN)
+    folder = model_utils.train(cfg).model_folder
+    version = model_utils.export_model(folder, cfg.path("exports_dir"))
+    return cfg, folder, version.folder

@@ -10,8 +10,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -24,13 +22,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls_utils import model_utils
-from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
+from imgcls_utils.config import CONFIG_RELATIVE_PATH
 from imgcls_utils.errors import UserError
 from imgcls_utils.export import ASSETS_EXTRA, EXPORT_INFO
 from imgcls_utils.runtime import tf
 from imgcls_utils.server import ServeSettings, create_app, resolve_target
-from tests.conftest import REPO_ROOT
+from tests.live_server import live_server
 from tests.sample_files import write_png_claiming_size
 from tests.test_cli import imgcls
 
@@ -40,24 +37,12 @@ with warnings.catch_warnings():  # Starlette would rather its TestClient ran on 
 
 NAME = "digits_cnn"
 PREDICT = f"/v1/models/{NAME}:predict"
-# A small CNN on 16x16 digits, in float32 so that batched and lone rows compare to 1e-5.
-RUN = {"data.image_size": [16, 16], "model.conv_filters": [8], "model.dense_units": 16,
-       "train.epochs": 2, "train.min_steps_per_epoch": 10, "train.verbose": 0,
-       "train.classical_baselines": False, "data.near_duplicate_distance": "none",
-       "hardware.mixed_precision": "float32"}
 FAST = {"poll_seconds": 0.2}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """``(project config, model folder, export version folder)``: trained and exported once."""
-    root = tmp_path_factory.mktemp("serve_project")
-    (root / "config").mkdir()
-    shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, root / CONFIG_RELATIVE_PATH)
-    cfg = load_config(root / CONFIG_RELATIVE_PATH, overrides=RUN)
-    folder = model_utils.train(cfg).model_folder
-    version = model_utils.export_model(folder, cfg.path("exports_dir"))
-    return cfg, folder, version.folder
+def trained(served_model):
+    return served_model
 
 
 @pytest.fixture(scope="module")
@@ -437,29 +422,10 @@ def live(trained, tmp_path_factory):
     export: ``(base url, export folder, stderr log file)``."""
     folder = tmp_path_factory.mktemp("live") / NAME
     shutil.copytree(trained[2], folder / "1")
-    log = folder.parent / "server.log"
     config = trained[0].root / CONFIG_RELATIVE_PATH
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "imgcls_utils.cli", "serve", str(folder), "--port", "0",
-             "--config", str(config), "--set", "serve.poll_seconds=0.2", "--set",
-             "serve.batch_timeout_ms=5"], stdout=subprocess.PIPE, stderr=stderr, text=True,
-            cwd=REPO_ROOT)
-    try:
-        line = process.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+", line)
-        assert url, line + log.read_text()[-2000:]
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{url[0]}/healthz").status_code != 200:
-            assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.1)
-        yield url[0], folder, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with live_server(folder, config, folder.parent / "server.log", "serve.poll_seconds=0.2",
+                     "serve.batch_timeout_ms=5") as server:
+        yield server.url, folder, server.log
 
 
 def concurrently(url: str, bodies: list[dict], clients: int) -> list[httpx.Response]:
