@@ -226,6 +226,13 @@ def nginx_executable() -> str | None:
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 
 
+def free_loopback_port() -> int:
+    """A port nothing listens on at 127.0.0.1 now, for a local nginx's ``listen``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @contextmanager
 def local_nginx(conf: str, folder: Path, port: int) -> Iterator[subprocess.Popen]:
     """nginx on this host with ``conf`` (listening on 127.0.0.1:``port``) until the block ends,

@@ -8,7 +8,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,8 +20,9 @@ import yaml
 from imgcls_utils.cli import _parser, main
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, RULES, ConfigError, load_config
 from imgcls_utils.deployment import (DEPLOYMENT_RELATIVE_PATH, DEPLOYMENT_RULES,
-                                     HEALTHCHECK_SCRIPT, compose_file, load_deployment,
-                                     local_nginx, nginx_conf, nginx_executable, write_deployment)
+                                     HEALTHCHECK_SCRIPT, compose_file, free_loopback_port,
+                                     load_deployment, local_nginx, nginx_conf, nginx_executable,
+                                     write_deployment)
 from tests.conftest import REPO_ROOT
 from tests.live_server import live_server
 
@@ -208,12 +208,6 @@ CLIENTS = 4
 KILL_AFTER = REQUESTS // 3
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def digit_uploads(cfg) -> list[tuple[str, bytes]]:
     files = sorted((cfg.path("raw_dir") / "digits").glob("*/*.png"))[:40]
     return [(path.name, path.read_bytes()) for path in files]
@@ -260,7 +254,7 @@ def test_nginx_answers_every_request_while_a_replica_is_killed(served_model, tmp
     shutil.copytree(version, export / "1")
     config = cfg.root / CONFIG_RELATIVE_PATH
     settings = load_deployment(SETTINGS_PATH)
-    port = free_port()
+    port = free_loopback_port()
     (tmp_path / "nginx").mkdir()
     options = settings.serve_options()
     with live_server(export, config, tmp_path / "a.log", *options) as survivor, \
