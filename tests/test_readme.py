@@ -1,6 +1,7 @@
 """Every command the README prints works as printed: the quick ones are run in a scratch copy of
-the project, the long ones (Fashion-MNIST, a cluster, a model folder of your own) have their
-arguments checked by the same parser and config validation the command uses."""
+the project, the long ones (Fashion-MNIST, a cluster, a model folder of your own) and the
+notebook runs (run for real by test_corpus.py, test_notebooks.py and nbval) have their arguments
+checked by the same parser and config validation the command uses."""
 
 import os
 import re
@@ -9,9 +10,11 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 from imgcls_utils.cli import _parser
-from imgcls_utils.config import CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, load_config
+from imgcls_utils.config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, load_config,
+                                 notebook_config)
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -19,6 +22,9 @@ README = (REPO_ROOT / "README.md").read_text()
 LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "apt-get install",
         "imgcls export", "imgcls serve", "curl ", "docker run")
 # What `imgcls serve` answers (tests/test_server.py sends these requests to a real server).
+# Notebook runs, each run for real elsewhere: `imgcls run` by test_corpus.py, papermill on
+# Model_Training by test_notebooks.py, every notebook by nbval.
+NOTEBOOK_RUNS = ("imgcls run --set train.epochs", "papermill ")
 SERVED_PATHS = re.compile(r"/v1/models/\w+(:predict|/metadata)?|/predict|/healthz|/metrics")
 
 
@@ -67,6 +73,8 @@ def check_arguments(command: str) -> None:
         parsed = _parser().parse_args(args)
         if getattr(parsed, "set", None):
             load_config(REPO_ROOT / CONFIG_RELATIVE_PATH, set_options=parsed.set)
+    elif program == "papermill":
+        check_papermill_arguments(args)
     elif program in ("apt-get", "sudo"):
         assert "dataset-fashion-mnist" in args
     elif program == "curl":
@@ -81,6 +89,18 @@ def check_arguments(command: str) -> None:
         pytest.fail(f"no argument check for {program}: {command}")
 
 
+def check_papermill_arguments(args: list[str]) -> None:
+    """The notebook exists and ``-p``/``-y`` name its parameters with values the config takes."""
+    notebook, parameters = REPO_ROOT / args[0], {}
+    assert notebook.is_file(), notebook
+    for index, word in enumerate(args):
+        if word == "-p":
+            parameters[args[index + 1]] = yaml.safe_load(args[index + 2])
+        elif word == "-y":
+            parameters.update(yaml.safe_load(args[index + 1]))
+    notebook_config(REPO_ROOT / CONFIG_RELATIVE_PATH, **parameters)
+
+
 COMMANDS = fenced_commands()
 
 
@@ -92,7 +112,7 @@ def test_the_readme_shows_the_commands_a_user_needs():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_works_as_printed(command, scratch):
-    if any(marker in command for marker in LONG):
+    if any(marker in command for marker in LONG + NOTEBOOK_RUNS):
         check_arguments(command)
         return
     if command.startswith("make "):  # the target exists (test_makefile.py runs the small ones)
