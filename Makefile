@@ -3,12 +3,15 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 READY  := $(VENV)/.ready
 
-.PHONY: demo test lab clean-generated
+# What the browser test of the web page and the nginx failover test run (Debian packages).
+SYSTEM_PACKAGES := chromium chromium-driver nginx
+
+.PHONY: demo test lab system-packages clean-generated
 
 demo: $(READY)  ## run the three notebooks on the embedded digits; print test accuracy
 	$(VENV)/bin/imgcls run
 
-test: $(READY)  ## unit tests and nbval notebook tests
+test: $(READY) system-packages  ## unit tests and nbval notebook tests
 	$(PYTHON) -m pytest
 
 lab: $(READY)   ## JupyterLab on the notebooks (JupyterLab refuses root without --allow-root)
@@ -20,6 +23,16 @@ $(READY): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[dev,serving]"
 	$(PYTHON) -m ipykernel install --sys-prefix --name imgcls --display-name "Python (imgcls)"
 	touch $(READY)
+
+system-packages:  ## apt-get install $(SYSTEM_PACKAGES) when missing and root; else their tests skip
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && \
+	    PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "note: $(SYSTEM_PACKAGES) not all installed and not root with apt-get: the browser and nginx tests will be skipped"; \
+	  exit 0; fi; \
+	echo "apt-get install $(SYSTEM_PACKAGES) (for the browser and nginx tests)"; \
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) || \
+	  echo "note: apt-get install failed: the browser and nginx tests will be skipped"
 
 clean-generated: ## delete everything derived: processed data, scan caches, built-in sources, runs
 	find data/Processed_Data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
