@@ -789,15 +789,20 @@ class Observe:
                 "client": f"{client[0]}:{client[1]}" if client else None}))
 
 
+# Open without the API key: the health check, and the page (it holds nothing of the model's;
+# its requests carry the key the user types into it).
+PUBLIC_PATHS = ("/healthz", "/")
+
+
 class RequireApiKey:
-    """ASGI middleware: with an API key set, every endpoint but /healthz needs it, as
+    """ASGI middleware: with an API key set, every endpoint but PUBLIC_PATHS needs it, as
     ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (401 otherwise)."""
 
     def __init__(self, app, key: str, variable: str):
         self.app, self.key, self.variable = app, key.encode(), variable
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] == "/healthz":
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         given = headers.get(b"x-api-key")
@@ -860,14 +865,15 @@ class LimitBody:
 
 # ----------------------------------------------------------------------------- the app
 
-def upload_page(name: str, settings: ServeSettings) -> str:
+def upload_page(name: str, settings: ServeSettings, api_key: bool = False) -> str:
     """The page at / (package data ``web/index.html``), filled in once with the model's name
-    (HTML-escaped: it is a folder name) and the limits the page checks before uploading."""
+    (HTML-escaped: it is a folder name), the limits the page checks before uploading and
+    whether it must ask for the API key."""
     page = (resources.files(__package__) / "web" / "index.html").read_text(encoding="utf-8")
     return string.Template(page).substitute(
         name=html.escape(name), name_in_url=html.escape(quote(name, safe="")),
         top_k=settings.top_k, max_bytes=settings.max_request_bytes,
-        max_size=f"{settings.max_request_mb:g} MB")
+        max_size=f"{settings.max_request_mb:g} MB", api_key="required" if api_key else "")
 
 
 def json_response(content, status: int = 200, headers: dict | None = None) -> Response:
@@ -950,7 +956,7 @@ def create_app(target: Path | ServeTarget, settings: ServeSettings):
 
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    page_text = upload_page(manager.name, settings)
+    page_text = upload_page(manager.name, settings, api_key=api_key is not None)
 
     @app.get("/")
     async def page():

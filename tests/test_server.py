@@ -308,7 +308,8 @@ def test_metrics_count_requests_batches_and_warm_up(served, digits):
 
 # ----------------------------------------------------------------------------- settings
 
-def test_the_api_key_guards_every_endpoint_but_healthz(trained, digits, monkeypatch):
+def test_the_api_key_guards_every_endpoint_but_healthz_and_the_page(trained, digits,
+                                                                    monkeypatch):
     monkeypatch.setenv("IMGCLS_API_KEY", "s3cret")
     app = create_app(trained[2].parent, settings_for(trained[0]))
     with started(app) as client:
@@ -319,8 +320,10 @@ def test_the_api_key_guards_every_endpoint_but_healthz(trained, digits, monkeypa
         assert missing.headers["www-authenticate"].startswith("Bearer")
         wrong = client.post(PREDICT, json=body, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and "wrong API key" in wrong.json()["error"]
-        for path in ("/metrics", f"/v1/models/{NAME}", "/"):
+        for path in ("/metrics", f"/v1/models/{NAME}", f"/v1/models/{NAME}/metadata"):
             assert client.get(path).status_code == 401
+        page = client.get("/")  # it asks for the key and sends it with each image
+        assert page.status_code == 200 and 'data-api-key="required"' in page.text
         assert client.post(PREDICT, json=body,
                            headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert client.post(PREDICT, json=body, headers={"X-API-Key": "s3cret"}).status_code == 200

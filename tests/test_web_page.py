@@ -249,3 +249,22 @@ def test_a_model_name_with_html_in_it_is_shown_as_text(browser, served_model, tm
     # The script still runs: from a file: url it cannot reach healthz, and says so.
     WebDriverWait(browser, WAIT_SECONDS).until(
         lambda _: browser.find_element(By.ID, "model-state").text.startswith("model unavailable"))
+
+
+def test_a_server_with_an_api_key_is_used_with_the_key_typed_into_the_page(
+        browser, served_model, digit, tmp_path, monkeypatch):
+    cfg, _, version_folder = served_model
+    shutil.copytree(version_folder, tmp_path / NAME / "1")
+    monkeypatch.setenv("IMGCLS_API_KEY", "s3cret")
+    with live_server(tmp_path / NAME, cfg.root / "config" / "Hyperparameters.yaml",
+                     tmp_path / "serve.log", "serve.max_batch_size=1") as keyed:
+        browser.get(f"{keyed.url}/")
+        wait_for_text(browser, "model-state", "version 1, ready")
+        choose(browser, digit.path)
+        WebDriverWait(browser, WAIT_SECONDS).until(
+            lambda _: "missing API key" in browser.find_element(By.ID, "message").text)
+        browser.find_element(By.ID, "api-key").send_keys("s3cret")
+        choose(browser, digit.path)
+        assert_shows(browser, digit.path.name, digit.answer)
+        browser.refresh()  # the key is kept for the tab
+        assert browser.find_element(By.ID, "api-key").get_attribute("value") == "s3cret"
