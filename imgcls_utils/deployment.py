@@ -30,7 +30,7 @@ CONTAINER_NGINX_PORT = 80
 MODELS_MOUNT = "/models"
 # The replicas' batching and limits: the main config's keys, with the main config's rules.
 SERVE_KEYS = ("max_batch_size", "batch_timeout_ms", "max_queued_images", "max_request_mb",
-              "poll_seconds", "top_k")
+              "poll_seconds", "top_k", "api_key_variable")
 
 DEPLOYMENT_RULES: dict[str, Rule] = {
     "model.name": identifier(),
@@ -184,6 +184,9 @@ def _replica_service(settings: DeploymentSettings) -> dict:
         "build": {"context": "..", "dockerfile": DOCKERFILE},
         "command": replica_arguments(settings),
         "volumes": [f"{settings.exports_dir}/{settings.model}:{MODELS_MOUNT}/{settings.model}:ro"],
+        # No value: the key is passed through from compose's environment when set there, and
+        # the replicas serve without one when it is not.
+        "environment": [dict(settings.serve)["api_key_variable"]],
         "healthcheck": {"test": ["CMD", "python", "-c",
                                  HEALTHCHECK_SCRIPT.format(port=settings.replica_port)],
                         **HEALTHCHECK_TIMING},

@@ -199,6 +199,8 @@ def test_the_image_and_every_replica_run_arguments_imgcls_serve_accepts():
         args = _parser().parse_args([*entrypoint[1:], *arguments])
         assert (args.handler.__name__, args.host) == ("cmd_serve", "0.0.0.0")
         load_config(REPO_ROOT / CONFIG_RELATIVE_PATH, set_options=args.set)  # valid overrides
+    keyed = [service["environment"] for name, service in services.items() if name != "nginx"]
+    assert keyed == [["IMGCLS_API_KEY"]] * len(replicas)  # passed through, never written here
 
 
 # ----------------------------------------------------------------------------- failover
@@ -274,6 +276,8 @@ def test_nginx_answers_every_request_while_a_replica_is_killed(served_model, tmp
             killer.start()
             answers = send_stream(f"http://127.0.0.1:{port}", digit_uploads(cfg), replica_killed)
             killer.join()
+            page = httpx.get(f"http://127.0.0.1:{port}/")  # its relative urls reach the replicas
+            assert page.status_code == 200 and 'action="predict"' in page.text
     failed = [answer for answer in answers if answer[1] != 200 or '"predictions"' not in answer[3]]
     assert len(answers) == REQUESTS and failed == []
     answered_by = [(started, upstream.split(", ")[-1]) for started, _, upstream, _ in answers]
@@ -281,7 +285,7 @@ def test_nginx_answers_every_request_while_a_replica_is_killed(served_model, tmp
     after = {address for started, address in answered_by if started > killed_at[0]}
     assert before == set(upstreams) and after == {upstreams[0]}
     log = [json.loads(line) for line in (tmp_path / "nginx" / "access.log").read_text().splitlines()]
-    assert len(log) == REQUESTS and {line["status"] for line in log} == {200}
+    assert len(log) == REQUESTS + 1 and {line["status"] for line in log} == {200}
     retried = [line for line in log if ", " in line["upstream_addr"]]
     assert retried, "no request reached the killed replica and was retried"
     assert all(line["upstream_addr"].endswith(upstreams[0]) and line["request_time"] >= 0
