@@ -20,7 +20,7 @@ from tests.conftest import REPO_ROOT
 README = (REPO_ROOT / "README.md").read_text()
 # Commands that need what a test cannot have: a large dataset, a cluster, your own files.
 LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "apt-get install",
-        "imgcls export", "imgcls serve", "curl ", "docker run")
+        "imgcls export", "imgcls serve", "curl ", "docker run", "docker compose")
 # What `imgcls serve` answers (tests/test_server.py sends these requests to a real server).
 # Notebook runs, each run for real elsewhere: `imgcls run` by test_corpus.py, papermill on
 # Model_Training by test_notebooks.py, every notebook by nbval.
@@ -54,6 +54,7 @@ def scratch(tmp_path):
     shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, tmp_path / CONFIG_RELATIVE_PATH)
     for name in ("notebooks", ".venv"):
         (tmp_path / name).symlink_to(REPO_ROOT / name)
+    shutil.copytree(REPO_ROOT / "Deployment", tmp_path / "Deployment")  # imgcls deploy writes
     return tmp_path
 
 
@@ -81,6 +82,8 @@ def check_arguments(command: str) -> None:
         url = next(arg for arg in args if arg.startswith("http"))
         assert url.startswith("http://127.0.0.1:8501/"), url  # serve.host and serve.port
         assert SERVED_PATHS.fullmatch(url.removeprefix("http://127.0.0.1:8501")), url
+    elif program == "docker" and args[0] == "compose":  # the file imgcls deploy writes
+        assert (REPO_ROOT / args[args.index("-f") + 1]).is_file() and "up" in args
     elif program == "docker":  # TensorFlow Serving's image on an export folder
         mount = args[args.index("-v") + 1]
         assert re.fullmatch(r'"?\$PWD/exports/(\w+):/models/\1"?', mount), mount
