@@ -19,7 +19,6 @@ shares this machine's cores: clients, nginx and the replicas. Exits 1 if any req
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -35,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.serving import Server, load, percentile, train_and_export  # noqa: E402
+from bench.serving import (Server, load, load_arguments, percentile,  # noqa: E402
+                           train_and_export)
 from imgcls_utils.deployment import (DEPLOYMENT_RELATIVE_PATH,  # noqa: E402
                                      free_loopback_port, load_deployment, local_nginx,
                                      nginx_conf, nginx_executable)
@@ -100,11 +100,7 @@ def start_setups(running: ExitStack, settings, export: Path, tmp: Path) -> tuple
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("export", nargs="?", type=Path, help="an export (exports/<name>); "
-                        "without one, the default digits model is trained and exported first")
-    parser.add_argument("--requests", type=int, default=REQUESTS)
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser = load_arguments(__doc__, REQUESTS, ROUNDS)
     parser.add_argument("--clients", type=int, default=CLIENTS)
     args = parser.parse_args()
     if nginx_executable() is None:

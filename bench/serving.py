@@ -169,12 +169,18 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] * 1000
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load_arguments(doc: str, requests: int, rounds: int) -> argparse.ArgumentParser:
+    """The serving benches' arguments: the export to serve, requests per setup, rounds."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("export", nargs="?", type=Path, help="an export (exports/<name>); "
                         "without one, the default digits model is trained and exported first")
-    parser.add_argument("--requests", type=int, default=REQUESTS)
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--requests", type=int, default=requests)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser
+
+
+def main() -> int:
+    parser = load_arguments(__doc__, REQUESTS, ROUNDS)
     parser.add_argument("--clients", type=lambda text: tuple(map(int, text.split(","))),
                         default=CLIENTS, help="client counts, e.g. 1,8,32")
     args = parser.parse_args()
