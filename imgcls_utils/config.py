@@ -401,6 +401,9 @@ def read_flat(path: Path) -> dict[str, Any]:
         nested = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError([f"{path} is not valid YAML: {error}"]) from None
+    if not isinstance(nested, Mapping):
+        raise ConfigError([f"{path} must be a mapping of sections (section: then key: value "
+                           f"lines), not a {type(nested).__name__}"])
     return _flatten(nested, str(path))
 
 

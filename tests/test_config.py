@@ -172,3 +172,7 @@ def test_missing_config_file_and_bad_yaml_are_clear(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- train\n- epochs\n")
+    with pytest.raises(ConfigError, match="listed.yaml must be a mapping of sections .* not a list"):
+        load_config(listed)
