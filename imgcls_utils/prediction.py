@@ -59,17 +59,28 @@ def predict_files(model: keras.Model, class_names: list[str], config: dict, path
     """A Prediction for every image file in ``paths``, in order, each preprocessed exactly as
     in training (image size, channels and pixel limit come from the model folder's config, not
     the current one; any further resizing or scaling is part of the model itself)."""
-    predictions = []
+    return [prediction for batch in decoded_batches(paths, config["data"], batch_size)
+            for prediction in classify_batch(model, class_names, batch, top_k)]
+
+
+def decoded_batches(paths: list[Path], data: dict, batch_size: int = BATCH_SIZE
+                    ) -> Iterator[list[tuple[Path, np.ndarray | None, str]]]:
+    """The image files in ``paths`` decoded as in training (``data``: the model folder's data
+    section), as ``(path, pixels or None, error)`` batch by batch; the next batch decodes on all
+    cores while the caller works on the current one."""
     with pixel_limit_checked_by_caller(), ThreadPoolExecutor(os.cpu_count()) as pool:
-        for chunk, decoded in _decoded_batches(image_files(paths), batch_size, config["data"],
-                                               pool):
-            good = [pixels for pixels, _ in decoded if pixels is not None]
-            probabilities = iter(model.predict_on_batch(np.stack(good).astype("float32"))
-                                 if good else [])
-            predictions += [Prediction(path, [], error) if pixels is None else
-                            Prediction(path, _top(next(probabilities), class_names, top_k))
-                            for path, (pixels, error) in zip(chunk, decoded)]
-    return predictions
+        for chunk, decoded in _decoded_batches(image_files(paths), batch_size, data, pool):
+            yield [(path, pixels, error) for path, (pixels, error) in zip(chunk, decoded)]
+
+
+def classify_batch(model: keras.Model, class_names: list[str],
+                   batch: list[tuple[Path, np.ndarray | None, str]], top_k: int) -> list[Prediction]:
+    """A Prediction for each file of a ``decoded_batches`` batch, classified in one call."""
+    good = [pixels for _, pixels, _ in batch if pixels is not None]
+    probabilities = iter(model.predict_on_batch(np.stack(good).astype("float32")) if good else [])
+    return [Prediction(path, [], error) if pixels is None else
+            Prediction(path, _top(next(probabilities), class_names, top_k))
+            for path, pixels, error in batch]
 
 
 def predict_files_with_export(version, paths: list[Path], top_k: int = 3,
