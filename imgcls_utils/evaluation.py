@@ -68,10 +68,26 @@ def top_losses(y_true: np.ndarray, probabilities: np.ndarray, paths: list[str],
                class_names: list[str], count: int = 12) -> pd.DataFrame:
     """The ``count`` images the model got most wrong (highest cross-entropy loss), with their
     true and predicted class and the probability given to each; ``paths[i]`` is image ``i``."""
-    table = pd.DataFrame({"path": paths, "true": np.asarray(class_names)[y_true],
-                          "predicted": np.asarray(class_names)[probabilities.argmax(axis=1)],
-                          "p_true": probabilities[np.arange(len(y_true)), y_true],
-                          "p_predicted": probabilities.max(axis=1),
-                          "loss": _cross_entropy(y_true, probabilities)})
+    table = _examples(y_true, probabilities, paths, class_names)
     return table.sort_values(["loss", "path"], ascending=[False, True],
                              ignore_index=True).head(count)
+
+
+def correct_examples(y_true: np.ndarray, probabilities: np.ndarray, paths: list[str],
+                     class_names: list[str]) -> pd.DataFrame:
+    """For each class, in class order, the correctly classified image the model was surest of
+    (lowest loss), with the columns of ``top_losses``; a class never predicted right has none."""
+    table = _examples(y_true, probabilities, paths, class_names)
+    best = table[table["true"] == table["predicted"]].sort_values(["loss", "path"])
+    return best.drop_duplicates("true").sort_values(
+        "true", key=lambda names: names.map(list(class_names).index), ignore_index=True)
+
+
+def _examples(y_true: np.ndarray, probabilities: np.ndarray, paths: list[str],
+              class_names: list[str]) -> pd.DataFrame:
+    """One row per image: path, true and predicted class, the probability given to each, loss."""
+    return pd.DataFrame({"path": paths, "true": np.asarray(class_names)[y_true],
+                         "predicted": np.asarray(class_names)[probabilities.argmax(axis=1)],
+                         "p_true": probabilities[np.arange(len(y_true)), y_true],
+                         "p_predicted": probabilities.max(axis=1),
+                         "loss": _cross_entropy(y_true, probabilities)})

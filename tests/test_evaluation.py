@@ -45,3 +45,13 @@ def test_top_losses_puts_the_most_confident_mistakes_first():
     assert table["path"].tolist() == ["z.png", "y.png"]
     assert table[["true", "predicted"]].values.tolist() == [["cat", "dog"], ["dog", "cat"]]
     assert table["loss"].iloc[0] == pytest.approx(-np.log(0.05))
+
+
+def test_correct_examples_are_the_surest_right_answer_of_each_class_in_class_order():
+    probabilities = np.array([[0.02, 0.96, 0.02], [0.6, 0.3, 0.1], [0.9, 0.05, 0.05],
+                              [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    examples = evaluation.correct_examples(np.array([1, 0, 0, 2, 1]), probabilities,
+                                           ["b0", "a1", "a2", "c3", "b4"], ["a", "b", "c"])
+    assert examples["path"].tolist() == ["a2", "b0"]  # c3 was mistaken for b, b4 for c
+    assert examples.columns.tolist() == evaluation.top_losses(
+        np.array([0]), probabilities[:1], ["x"], ["a", "b", "c"]).columns.tolist()
