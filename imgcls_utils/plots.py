@@ -130,3 +130,13 @@ def _show_image(ax, image: np.ndarray) -> None:
         ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
     else:
         ax.imshow(image)
+
+
+def plot_explanations(images, heatmaps, titles: list[str], method: str = "",
+                      title: str = "Where the model looked", columns: int = 6) -> Figure:
+    """Heat maps over their images in a grid (``interpret.explain_examples`` gives all four
+    arguments in order), the method named in the figure's title."""
+    from .interpret import overlay  # interpret imports TensorFlow; the other figures need not
+
+    return _grid([overlay(image, heatmap) for image, heatmap in zip(images, heatmaps)], titles,
+                 columns, f"{title} ({method})" if method else title, (1.6, 2.0))
