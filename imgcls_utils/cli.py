@@ -1,4 +1,4 @@
-"""The ``imgcls`` command: ``imgcls run|prepare|train|predict|export|serve|deploy|scan|config ...``.
+"""The ``imgcls`` command: ``imgcls run|prepare|train|predict|explain|export|serve|deploy|scan|config ...``.
 
 The config is loaded and validated before anything heavy is imported, so a mistake in it is
 reported within a second, as one message, without a traceback.
@@ -103,8 +103,30 @@ def _resumed_run(args) -> tuple[Config, Path]:
 def cmd_predict(args) -> int:
     predictions = _predictions(args.model, args.images, args.top_k)
     for prediction in predictions:
-        guesses = ", ".join(f"{label} {probability:.3f}" for label, probability in prediction.top)
-        print(f"{prediction.path}: {guesses or 'cannot be classified: ' + prediction.error}")
+        print(f"{prediction.path}: {_guesses(prediction)}")
+    return _exit_code(predictions)
+
+
+def cmd_explain(args) -> int:
+    """Top-k labels as predict gives them, and a heat map overlay PNG per image."""
+    from .interpret import explain_files
+
+    explanations = explain_files(args.model_folder, args.images, args.out, args.top_k)
+    _note_left_out_classes(args.model_folder)
+    for explanation in explanations:
+        written = f" -> {explanation.overlay}" if explanation.overlay else ""
+        print(f"{explanation.prediction.path}: {_guesses(explanation.prediction)}{written}")
+    return _exit_code([explanation.prediction for explanation in explanations])
+
+
+def _guesses(prediction) -> str:
+    """``label probability, ...``, or why the file cannot be classified."""
+    guesses = ", ".join(f"{label} {probability:.3f}" for label, probability in prediction.top)
+    return guesses or f"cannot be classified: {prediction.error}"
+
+
+def _exit_code(predictions: list) -> int:
+    """0, or PREDICTION_FAILED after saying on stderr how many files could not be classified."""
     failed = sum(bool(prediction.error) for prediction in predictions)
     if failed:
         print(f"imgcls: {failed} of {len(predictions)} file(s) could not be classified",
@@ -124,13 +146,19 @@ def _predictions(model: Path, images: list[Path], top_k: int) -> list:
         return predict_files(*load_tflite(model), images, top_k)
     if export.is_export(model):
         return predict_files_with_export(export.find_version(model), images, top_k)
-    from .model_utils import left_out_classes, load_model_folder
+    from .model_utils import load_model_folder
 
     loaded = load_model_folder(model)
-    for name, reason in left_out_classes(model).items():
+    _note_left_out_classes(model)
+    return predict_files(*loaded, images, top_k)
+
+
+def _note_left_out_classes(model_folder: Path) -> None:
+    from .model_utils import left_out_classes
+
+    for name, reason in left_out_classes(model_folder).items():
         print(f"note: the model was trained without class {name} ({reason}); it never "
               "predicts it", file=sys.stderr)
-    return predict_files(*loaded, images, top_k)
 
 
 def cmd_export(args) -> int:
@@ -300,6 +328,15 @@ def _parser() -> argparse.ArgumentParser:
                          "or one of its versions) or one of its .tflite files")
     predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
     predict.add_argument("--top-k", type=int, default=3)
+    explain = command("explain", cmd_explain, "top-k labels for images and, for each, a "
+                      "heat map of where the model looked for its top class (Grad-CAM; a "
+                      "saliency map for mlp models) over the image, saved as a PNG",
+                      configurable=False)
+    explain.add_argument("model_folder", type=Path, help="a model folder")
+    explain.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    explain.add_argument("--out", type=Path, default=Path("explanations"), help="folder for "
+                         "the PNGs, <image file name>.<method>.png (default: explanations)")
+    explain.add_argument("--top-k", type=int, default=3)
     export = command("export", cmd_export, "export a model folder for TensorFlow Serving (the "
                      "next version under paths.exports_dir/<model name>/) and TensorFlow Lite")
     export.add_argument("model_folder", type=Path)

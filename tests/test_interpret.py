@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls_utils import evaluation, interpret, model_utils, plots
+from imgcls_utils import cli, evaluation, interpret, model_utils, plots
 from tests.conftest import SERVED_RUN, write_image
 
 SIDE = 24
@@ -143,3 +143,35 @@ def test_explain_files_writes_one_overlay_per_readable_image(digits_folder, tmp_
         assert len(by_path[path].prediction.top) == 2
         with Image.open(by_path[path].overlay) as written:
             assert written.mode == "RGB" and written.size == (16, 16)
+
+
+def imgcls(capsys, *args) -> tuple[int, str, str]:
+    """``imgcls *args`` in this process (TensorFlow is loaded already): exit code, out, err."""
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_imgcls_explain_prints_labels_and_the_overlay_written(digits_folder, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = write_image(tmp_path / "digit.png", size=(16, 16), mode="L")
+    code, out, err = imgcls(capsys, "explain", str(digits_folder), str(image), "--top-k", "2")
+    assert code == 0, err
+    line = out.strip()
+    assert line.startswith(f"{image}: ") and line.endswith(
+        " -> explanations/digit.png.gradcam.png")
+    assert len(line.split(": ", 1)[1].split(" -> ")[0].split(", ")) == 2
+    assert (tmp_path / "explanations" / "digit.png.gradcam.png").is_file()
+
+
+def test_imgcls_explain_reports_bad_inputs_in_one_line(digits_folder, tmp_path, capsys):
+    code, _, err = imgcls(capsys, "explain", str(tmp_path), str(tmp_path))
+    assert code == 2 and err.startswith("imgcls: ") and "not a finished model folder" in err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    code, out, err = imgcls(capsys, "explain", str(digits_folder), str(broken),
+                            "--out", str(tmp_path / "x"))
+    assert code == 3
+    assert out.startswith(f"{broken}: cannot be classified: not a readable image")
+    assert err == "imgcls: 1 of 1 file(s) could not be classified\n"
