@@ -61,10 +61,10 @@ def grad_cam(model: keras.Model, pixels: np.ndarray, class_indices=None) -> np.n
     with tf.GradientTape() as tape:
         features, hidden = probe(images, training=False)
         scores = _class_scores(model, hidden, class_indices)
-    features = tf.cast(features, tf.float32)
-    weights = tf.reduce_mean(tf.cast(tape.gradient(scores, features), tf.float32), axis=(1, 2),
-                             keepdims=True)
-    return _normalised(tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)), images.shape[1:3])
+    gradients = tf.cast(tape.gradient(scores, features), tf.float32)
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    cam = tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1)
+    return _normalised(tf.nn.relu(cam), images.shape[1:3])
 
 
 def saliency(model: keras.Model, pixels: np.ndarray, class_indices=None) -> np.ndarray:

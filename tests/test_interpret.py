@@ -33,22 +33,26 @@ def share_of_peaks_on_the_patch(heatmaps: np.ndarray, corners: np.ndarray) -> fl
 
 
 def trained_model(make_config, family: str, spot=None, epochs: int = 5, **overrides):
-    """The project's ``family`` network, small, trained on patch images (``epochs=0``: not)."""
+    """The project's ``family`` network, small, built and trained as ``imgcls train`` does
+    (inside the hardware scope) on patch images (``epochs=0``: untrained)."""
     cfg = make_config(**{"model.family": family, "model.conv_filters": [8, 16],
                          "model.dense_units": 16, "hardware.mixed_precision": "float32",
                          **overrides})
     model_utils.set_seed(0)
     images, labels, _ = patch_images(400, seed=1, spot=spot)
-    model = model_utils.build_model(cfg.model, cfg.transfer, images.shape[1:], 2)
-    model_utils.compile_model(model, cfg.train, steps_per_epoch=13)
+    with model_utils.choose_hardware(cfg.hardware).scope():
+        model = model_utils.build_model(cfg.model, cfg.transfer, images.shape[1:], 2)
+        model_utils.compile_model(model, cfg.train, steps_per_epoch=13)
     if epochs:
         model.fit(images, labels, epochs=epochs, batch_size=32, verbose=0)
     return model
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_grad_cam_of_a_cnn_peaks_on_the_patch_wherever_it_is(make_config, residual):
-    model = trained_model(make_config, "cnn", **{"model.residual": residual})
+@pytest.mark.parametrize("overrides", [{}, {"model.residual": True},
+                                       {"hardware.mixed_precision": "mixed_bfloat16"}],
+                         ids=["plain", "residual", "mixed_bfloat16"])
+def test_grad_cam_of_a_cnn_peaks_on_the_patch_wherever_it_is(make_config, overrides):
+    model = trained_model(make_config, "cnn", **overrides)
     images, labels, corners = patch_images(50, seed=2)
     assert (model.predict(images, verbose=0).argmax(axis=1) == labels).mean() >= 0.9
     heatmaps, method = interpret.explain(model, images)
