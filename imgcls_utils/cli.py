@@ -1,4 +1,4 @@
-"""The ``imgcls`` command: ``imgcls run|prepare|train|predict|explain|export|serve|deploy|scan|config ...``.
+"""The ``imgcls`` command: ``imgcls run|train|cv|predict|explain|export|serve|deploy ...``.
 
 The config is loaded and validated before anything heavy is imported, so a mistake in it is
 reported within a second, as one message, without a traceback.
@@ -85,6 +85,19 @@ def cmd_train(args) -> int:
     print(f"test accuracy: {run.evaluation.metrics['test_accuracy']:.4f}")
     print(f"model folder: {run.model_folder}")
     print(comparison_line(run.evaluation.metrics))
+    return 0
+
+
+def cmd_cv(args) -> int:
+    """k-fold cross-validation: every fold's config validated, then one model per fold."""
+    from .crossval import cross_validate, fold_configs
+
+    configs = fold_configs(args.config, args.set or [], args.folds)
+    folder = configs[0].path("runs_dir") / f"cv_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    result = cross_validate(configs, folder)
+    print(f"\n{result.report()}")
+    print(f"cross-validation folder: {folder} (cv_report.md, cv_folds.csv, cv_folds.png, "
+          "fold_<i>/ model folders)")
     return 0
 
 
@@ -315,6 +328,10 @@ def _parser() -> argparse.ArgumentParser:
     train = command("train", cmd_train, "prepare, train, evaluate and save a model folder")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its "
                        "last finished epoch: its .resumable folder or its name in models_dir")
+    cv = command("cv", cmd_cv, "k-fold cross-validation: one model per fold of data.folds, "
+                 "each validating on its fold; per-fold and mean +- std scores, and the k "
+                 "models' averaged probabilities evaluated on the untouched test split")
+    cv.add_argument("--folds", type=int, help="the number of folds (default: data.folds)")
     processed = command("processed", cmd_processed, "list the processed variants of the data "
                         "(one per source and settings), most recently used first")
     processed.add_argument("--clean", action="store_true", help="first delete every variant "

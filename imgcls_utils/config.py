@@ -150,6 +150,7 @@ RULES: dict[str, Rule] = {
     "data.near_duplicate_distance": either("none", integer(0, maximum=20),
                                            "an integer from 0 to 20"),
     "data.folds": either("none", integer(2), "an integer >= 2"),
+    "data.cv_fold": either("none", integer(0), "an integer >= 0"),
     "data.cache": auto_or_boolean(),
     "data.cache_budget_mb": integer(0),
     "augment.enabled": boolean(),
@@ -245,6 +246,17 @@ def _cross_field_problems(values: Mapping[str, Any]) -> list[str]:
     if abs(sum(fractions) - 1.0) > 1e-6:
         return [f"data.train_fraction + data.val_fraction + data.test_fraction = "
                 f"{' + '.join(map(str, fractions))} = {sum(fractions):g}; they must sum to 1"]
+    return _cross_validation_problems(values["data.folds"], values["data.cv_fold"])
+
+
+def _cross_validation_problems(folds, cv_fold) -> list[str]:
+    if cv_fold == "none":
+        return []
+    if folds == "none":
+        return [f"data.cv_fold = {cv_fold} needs data.folds (the number of folds) set too"]
+    if cv_fold >= folds:
+        return [f"data.cv_fold = {cv_fold}: with data.folds = {folds} the folds are 0 to "
+                f"{folds - 1}"]
     return []
 
 

@@ -1,4 +1,5 @@
-"""Split: stratified, seeded train/validation/test assignment, optional cross-validation folds.
+"""Split: stratified, seeded train/validation/test assignment, optional cross-validation folds
+(``data.cv_fold`` makes one fold the validation split, for one round of ``imgcls cv``).
 
 The unit of assignment is a duplicate group (``group`` column from the scan), not a file: all
 copies of an image land on the same side, so a test image never has a twin in training. A class
@@ -38,6 +39,8 @@ def split_images(images: pd.DataFrame, data: Section) -> pd.DataFrame:
         images = _fraction_split(images, data)
     if data.folds != "none":
         images["fold"] = assign_folds(images, data.folds, data.seed)
+    if data.cv_fold != "none":
+        images["split"] = validate_on_fold(images, data.cv_fold)
     return images
 
 
@@ -129,6 +132,13 @@ def assign_folds(images: pd.DataFrame, folds: int, seed: int) -> pd.Series:
         fold_of_group[pool["group"].iloc[held].to_numpy()] = fold
     # A test image stays out of every fold, even when its copies in the train part are in one.
     return images["group"].map(fold_of_group).where(images["split"] != "test", -1)
+
+
+def validate_on_fold(images: pd.DataFrame, fold: int) -> pd.Series:
+    """The split column of cross-validation round ``fold``: that fold is the validation split,
+    every other fold trains, the test split stays as it was."""
+    split = images["split"].where(images["split"] == "test", "train")
+    return split.mask(images["fold"] == fold, "val")
 
 
 def groups_across_splits(images: pd.DataFrame) -> pd.DataFrame:

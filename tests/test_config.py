@@ -176,3 +176,10 @@ def test_missing_config_file_and_bad_yaml_are_clear(tmp_path):
     listed.write_text("- train\n- epochs\n")
     with pytest.raises(ConfigError, match="listed.yaml must be a mapping of sections .* not a list"):
         load_config(listed)
+
+
+def test_a_cv_fold_needs_folds_and_must_be_one_of_them():
+    assert "data.cv_fold = 1 needs data.folds" in problems_of(**{"data.cv_fold": 1})
+    assert "with data.folds = 3 the folds are 0 to 2" in problems_of(
+        **{"data.folds": 3, "data.cv_fold": 3})
+    assert load_config(YAML_PATH, overrides={"data.folds": 3, "data.cv_fold": 2}).data.cv_fold == 2

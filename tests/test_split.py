@@ -116,6 +116,23 @@ def test_folds_keep_groups_whole_and_hold_out_the_test_split(with_copies, make_c
         split.split_images(with_copies, make_config(**{"data.folds": 11, **FRACTIONS}).data)
 
 
+def test_each_cv_fold_is_the_validation_split_once_and_the_test_split_never_moves(
+        with_copies, make_config):
+    plain = split.split_images(with_copies, make_config(**{"data.folds": 3, **FRACTIONS}).data)
+    validated = []
+    for fold in range(3):
+        data = make_config(**{"data.folds": 3, "data.cv_fold": fold, **FRACTIONS}).data
+        images = split.split_images(with_copies, data)
+        assert images["fold"].equals(plain["fold"])
+        assert images["split"].eq("test").equals(plain["split"].eq("test"))
+        assert set(images.loc[images["fold"] == fold, "split"]) == {"val"}
+        assert set(images.loc[~images["fold"].isin([fold, -1]), "split"]) == {"train"}
+        assert data_utils.groups_across_splits(images).empty
+        validated += images.loc[images["split"] == "val", "path"].tolist()
+    pool = plain.loc[plain["split"] != "test", "path"]
+    assert sorted(validated) == sorted(pool)  # every train/val image validated exactly once
+
+
 def test_too_few_images_for_three_splits_is_a_clear_error(class_folder, make_config):
     images = scan_image_folder(class_folder).images
     few = images.groupby("label").head(3)
