@@ -19,8 +19,8 @@ from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 # Commands that need what a test cannot have: a large dataset, a cluster, your own files.
-LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "apt-get install",
-        "imgcls export", "imgcls serve", "curl ", "docker run", "docker compose")
+LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "imgcls explain", "imgcls cv",
+        "apt-get install", "imgcls export", "imgcls serve", "curl ", "docker run", "docker compose")
 # What `imgcls serve` answers (tests/test_server.py sends these requests to a real server).
 # Notebook runs, each run for real elsewhere: `imgcls run` by test_corpus.py, papermill on
 # Model_Training by test_notebooks.py, every notebook by nbval.
