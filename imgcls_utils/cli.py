@@ -20,9 +20,9 @@ from .config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, Config, default_conf
 from .deployment import DEPLOYMENT_RELATIVE_PATH, load_deployment, write_deployment
 from .errors import UserError, warn
 
-NOTEBOOKS = ("Data_Exploration", "Data_Preprocessing", "Model_Training")
 USER_ERROR = 2  # exit code: a bad config, data or model folder, told in one line
 PREDICTION_FAILED = 3  # exit code: imgcls predict classified some files, not all
+SWEEP_RUNS_FAILED = 3  # exit code: imgcls sweep finished, and some of its runs failed
 DESCRIPTION = ("imgcls: image classification with TensorFlow/Keras. Run the three notebooks "
                "with papermill, or each step on its own.")
 
@@ -236,37 +236,17 @@ def cmd_deploy(args) -> int:
 
 def cmd_run(args) -> int:
     """Execute the three notebooks in order with papermill, then report where everything is."""
-    import papermill
-
     from .model_utils import unused_model_folder_name
+    from .notebook_runs import notebooks_folder, run_notebooks
 
     cfg = _config_from_args(args)
-    notebooks = cfg.root / "notebooks"
-    if not all((notebooks / f"{name}.ipynb").is_file() for name in NOTEBOOKS):
-        raise UserError(f"imgcls run executes the notebooks in {notebooks}, and they are not all "
-                        f"there ({', '.join(NOTEBOOKS)}); run it in the imgcls project")
+    notebooks = notebooks_folder(cfg.root)
     overrides = dict(parse_set_option(option) for option in args.set or [])
     run_dir = cfg.path("runs_dir") / datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     model_dir = unused_model_folder_name(cfg)
-    # The notebooks load the very file this run validated, wherever their kernels start.
-    config_path = str(Path(args.config).resolve() if args.config else default_config_path())
-    for number, name in enumerate(NOTEBOOKS, start=1):
-        parameters = {"config_path": config_path, "overrides": overrides}
-        if name == "Model_Training":
-            parameters["model_dir"] = str(model_dir)
-        output = run_dir / f"{number}_{name}.ipynb"
-        print(f"running {name} -> {output}", flush=True)
-        try:
-            papermill.execute_notebook(notebooks / f"{name}.ipynb", output,
-                                       parameters=parameters, kernel_name=_kernel_name(),
-                                       cwd=str(notebooks), progress_bar=False,
-                                       kernel_manager_class=_ipc_kernel_manager())
-        except papermill.PapermillExecutionError as error:
-            raise UserError(f"{name} failed in cell [{error.exec_count}]: "
-                            f"{_error_message(error.ename, error.evalue)}\n"
-                            f"the partly executed notebook: {output}") from None
+    run_notebooks(notebooks, run_dir, _config_path(args), overrides, model_dir, cell_lines=True)
     metrics = json.loads((model_dir / "metrics.json").read_text())
     print(f"\ntest accuracy: {metrics['test_accuracy']:.4f} "
           f"(test loss {metrics['test_loss']:.4f}, {metrics['test_images']} test images)")
@@ -278,33 +258,69 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _error_message(name: str, message: str) -> str:
-    """A notebook's error as a user reads it: imgcls' own errors (a bad config, bad data) are
-    their message; anything else keeps its exception name."""
-    return message if name in _user_error_names(UserError) else f"{name}: {message}"
+def cmd_sweep(args) -> int:
+    """Validate every run of a sweep, run the unfinished ones through the notebooks, then write
+    the results tables and the Experiments report into the sweep folder."""
+    from .sweep import sweep_folder, validate_sweep
+
+    project = _config_from_args(args)
+    sweep = _sweep_from_args(args, project.data.seed)
+    validate_sweep(sweep, _config_path(args))
+    from .notebook_runs import notebooks_folder
+
+    notebooks = notebooks_folder(project.root)
+    folder, resumed = sweep_folder(sweep, project.path("runs_dir"), new=args.new)
+    print(f"{'continuing' if resumed else 'new'} sweep {folder}: {len(sweep.runs)} runs",
+          flush=True)
+    results = _run_sweep(sweep, folder, notebooks, _config_path(args))
+    failed = [result["run"] for result in results if result["status"] != "ok"]
+    print(f"\nresults: {folder / 'results.md'}")
+    if (folder / "Experiments.ipynb").is_file():
+        print(f"report:  {folder / 'Experiments.ipynb'}")
+    if failed:
+        print(f"imgcls: {len(failed)} of {len(results)} runs failed ({', '.join(failed)}); "
+              "the table has their errors; run the same command again to retry them",
+              file=sys.stderr)
+    return SWEEP_RUNS_FAILED if failed else 0
 
 
-def _user_error_names(error: type) -> set[str]:
-    return {error.__name__}.union(*(_user_error_names(sub) for sub in error.__subclasses__()))
+def _sweep_from_args(args, base_seed: int):
+    from .sweep import SweepError, sweep_from_file, sweep_from_options
+
+    if bool(args.spec) == bool(args.grid):
+        raise SweepError("imgcls sweep takes a sweep file or --grid options, not both and not "
+                         "neither, e.g. imgcls sweep --grid model.family=mlp,cnn")
+    if args.spec:
+        return sweep_from_file(Path(args.spec), args.name, args.seeds, args.set, base_seed)
+    return sweep_from_options(args.grid, args.name, args.seeds, args.set, base_seed)
 
 
-def _ipc_kernel_manager() -> type:
-    """Jupyter's kernel manager, talking to its kernels over local IPC sockets instead of TCP:
-    nothing listens on the network, and ipykernel has no plain-TCP warning to print."""
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+def _run_sweep(sweep, folder: Path, notebooks: Path, config_path: str) -> list[dict]:
+    """Every run through the notebooks, then the tables and the executed report."""
+    from .model_utils import unused_model_folder_name
+    from .notebook_runs import execute, run_notebooks
+    from .sweep import REPORT_NOTEBOOK, run_sweep
+    from .sweep_report import results_table, write_tables
 
-    class IPCKernelManager(AsyncKernelManager):
-        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+    def run(run_dir: Path, overrides: dict, model_dir: Path) -> None:
+        load_config(config_path, overrides=overrides).save(run_dir / "config.yaml")
+        run_notebooks(notebooks, run_dir, config_path, overrides, model_dir)
 
-    return IPCKernelManager
+    def model_dir(overrides: dict) -> Path:
+        return unused_model_folder_name(load_config(config_path, overrides=overrides))
+
+    results = run_sweep(sweep, folder, run, model_dir)
+    write_tables(folder, results_table(results, sweep.keys), sweep.keys)
+    if any(result["status"] == "ok" for result in results):
+        execute(notebooks / f"{REPORT_NOTEBOOK}.ipynb", folder / f"{REPORT_NOTEBOOK}.ipynb",
+                {"config_path": config_path, "sweep_dir": str(folder)})
+    return results
 
 
-def _kernel_name() -> str:
-    """The project's registered kernel when there is one (``make`` registers it), else python3."""
-    from jupyter_client.kernelspec import find_kernel_specs
-
-    return "imgcls" if "imgcls" in find_kernel_specs() else "python3"
+def _config_path(args) -> str:
+    """The config file as an absolute path: the notebooks load the very file this command
+    validated, wherever their kernels start."""
+    return str(Path(args.config).resolve() if args.config else default_config_path())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -324,6 +340,20 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("run", cmd_run, "run the three notebooks in order with papermill")
+    sweep = command("sweep", cmd_sweep, "run many settings through the notebooks (a grid or a "
+                    "sweep file, repeated over seeds) and compare them in one table and the "
+                    "Experiments notebook; running the same sweep again continues it")
+    sweep.add_argument("spec", nargs="?", help="a sweep file: name:, grid: (key: [values]) or "
+                       "runs: (a list of override mappings), seeds:, common: (shared overrides)")
+    sweep.add_argument("--grid", action="append", metavar="SECTION.KEY=V1,V2",
+                       help="a swept key and its values, e.g. --grid model.family=mlp,cnn "
+                       "(repeatable: every combination runs)")
+    sweep.add_argument("--seeds", type=int, help="repeat every setting with this many seeds "
+                       "(data.seed, data.seed + 1, ...)")
+    sweep.add_argument("--name", help="the sweep's name: its folder is runs/<name>_<timestamp> "
+                       "(default: the file's name:, or sweep)")
+    sweep.add_argument("--new", action="store_true", help="start a new sweep folder instead of "
+                       "continuing the newest one with the same name and runs")
     command("prepare", cmd_prepare, "scan, split and preprocess the data source")
     train = command("train", cmd_train, "prepare, train, evaluate and save a model folder")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its "

@@ -101,25 +101,69 @@ def plot_training_curves(history: pd.DataFrame) -> Figure:
     """Accuracy and loss per epoch for training and validation, with the best epoch (lowest
     validation loss, whose weights the model keeps) marked."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
-    best = history.loc[history["val_loss"].idxmin(), "epoch"]
     for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
-        ax.plot(history["epoch"], history[metric], marker=".", label="train")
-        ax.plot(history["epoch"], history[f"val_{metric}"], marker=".", label="validation")
-        ax.axvline(best, color="gray", linestyle="--", linewidth=1, label=f"best epoch ({best})")
-        ax.set(xlabel="epoch", ylabel=metric, title=metric.capitalize())
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
+        _draw_curves(ax, history, metric, metric.capitalize())
     fig.tight_layout()
     return fig
+
+
+def _draw_curves(ax, history: pd.DataFrame, metric: str, title: str) -> None:
+    best = history.loc[history["val_loss"].idxmin(), "epoch"]
+    ax.plot(history["epoch"], history[metric], marker=".", label="train")
+    ax.plot(history["epoch"], history[f"val_{metric}"], marker=".", label="validation")
+    ax.axvline(best, color="gray", linestyle="--", linewidth=1, label=f"best epoch ({best})")
+    ax.set(xlabel="epoch", ylabel=metric, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str]) -> Figure:
     """Heatmap of the confusion matrix: rows are true classes, columns predicted classes."""
     size = max(4, 0.55 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    _draw_confusion_matrix(ax, matrix, class_names, "Confusion matrix (test split)")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_confusion_matrix(ax, matrix, class_names: list[str], title: str) -> None:
     sns.heatmap(np.asarray(matrix), annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
                 xticklabels=class_names, yticklabels=class_names)
-    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test split)")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+
+
+def plot_runs_side_by_side(runs: dict[str, tuple[pd.DataFrame, dict]]) -> Figure:
+    """Training curves (accuracy) above the test confusion matrix, one column per run:
+    ``runs`` maps a label to the run's history and metrics."""
+    fig, axes = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 9), squeeze=False)
+    for column, (label, (history, metrics)) in enumerate(runs.items()):
+        _draw_curves(axes[0, column], history, "accuracy", label)
+        _draw_confusion_matrix(axes[1, column], metrics["confusion_matrix"],
+                               metrics["class_names"], "Confusion matrix (test split)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep_accuracy(results: pd.DataFrame, keys: list[str],
+                        metric: str = "test_accuracy") -> Figure:
+    """``metric`` against each swept key: one line per combination of the other keys, the
+    mean over seeds with their standard deviation as error bars."""
+    finished = results[results["status"] == "ok"].astype({key: str for key in keys})
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3.5),
+                             squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        others = [k for k in keys if k != key]
+        groups = finished.groupby(others, sort=False) if others else [((), finished)]
+        for values, group in groups:
+            stats = group.groupby(key, sort=False)[metric].agg(["mean", "std"]).fillna(0)
+            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in
+                              zip(others, values if isinstance(values, tuple) else (values,)))
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=4,
+                        label=label or None)
+        ax.set(xlabel=key, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} "
+               f"by {key.split('.')[-1]}")
+        if others:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

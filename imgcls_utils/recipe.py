@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from .evaluation import classification_metrics, labels_and_probabilities
 from .hardware import choose_hardware
 from .input_pipeline import STATISTICS, make_datasets
 from .model_folders import new_run_folder, resumable_folder, save_model_folder
-from .models import build_model
+from .models import build_model, count_parameters
 from .plots import plot_confusion_matrix, plot_training_curves
 from .processed import PreparedData, prepare_data
 from .runtime import keras
@@ -75,6 +76,7 @@ class TrainingRun:
         self.evaluation: Evaluation | None = None
         self.model_folder: Path | None = None
         self.run_folder: Path | None = None
+        self.training_seconds: float | None = None
         self._private = None if self.hardware.is_chief else tempfile.TemporaryDirectory(
             prefix="imgcls-worker-")
 
@@ -99,20 +101,26 @@ class TrainingRun:
         """Train every phase, checkpointing each epoch; the model keeps its best epoch.
         ``callbacks`` are added to the standard ones. Returns the history."""
         self.run_folder = self._start_run_folder()
+        started = time.monotonic()
         self.history = train_model(
             self.model, self.datasets, self.cfg.train, self.cfg.transfer, self.run_folder,
             hardware=self.hardware, callbacks=callbacks,
             identity=run_identity(self.prepared.fingerprint, self.cfg.to_yaml()),
             class_weight=class_weights(self.cfg.train, self.prepared.label_counts("train")))
+        self.training_seconds = time.monotonic() - started
         if self.hardware.is_multi_worker:
             self.model = local_copy(self.model, self.cfg.train)
         return self.history
 
     def evaluate(self) -> Evaluation:
         """Predict the test split once; metrics, confusion matrix and top losses come from it.
-        With ``train.classical_baselines``, the metrics hold the baselines' results too."""
+        The metrics also hold the parameter count and the seconds ``fit`` took (since it
+        resumed, for a resumed run) for comparing runs, and with ``train.classical_baselines``
+        the baselines' results."""
         y_true, probabilities = labels_and_probabilities(self.model, self.datasets["test"])
         metrics = classification_metrics(y_true, probabilities, self.prepared.class_names)
+        metrics["parameters"] = count_parameters(self.model)["total"]
+        metrics["training_seconds"] = round(self.training_seconds, 1)
         if self.cfg.train.classical_baselines:
             metrics["baselines"] = fit_baselines(self.prepared)
         self.evaluation = Evaluation(y_true, probabilities, metrics)

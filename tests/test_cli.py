@@ -97,5 +97,6 @@ def test_a_failing_notebook_is_one_clear_line_and_the_notebook_to_open(project, 
     assert first.startswith("imgcls: Data_Exploration failed in cell [")
     assert f"data.source: folder {tmp_path / 'no_such_folder'} does not exist" in first
     assert "DataError" not in first
+    assert "  cell 1 of " in done.stdout and "\r" not in done.stdout  # a plain line per cell
     executed = second.removeprefix("the partly executed notebook: ")
     assert executed.endswith("1_Data_Exploration.ipynb") and (project / executed).is_file()

@@ -14,9 +14,9 @@ import pandas as pd
 import papermill
 import pytest
 
-from imgcls_utils.cli import _kernel_name
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, NOTEBOOK_PARAMETERS, Section
 from imgcls_utils.model_utils import load_model_folder
+from imgcls_utils.notebook_runs import kernel_name
 from tests.conftest import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -26,7 +26,7 @@ QUICK = {"data.image_size": [16, 16], "train.epochs": 1, "model.dense_units": 16
 
 def run_model_training(project: Path, output: Path, overrides: dict, model_dir: Path):
     papermill.execute_notebook(
-        NOTEBOOKS / "Model_Training.ipynb", output, kernel_name=_kernel_name(),
+        NOTEBOOKS / "Model_Training.ipynb", output, kernel_name=kernel_name(),
         cwd=str(NOTEBOOKS), progress_bar=False,
         parameters={"config_path": str(project / CONFIG_RELATIVE_PATH), "overrides": overrides,
                     "model_dir": str(model_dir)})

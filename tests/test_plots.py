@@ -57,3 +57,32 @@ def test_training_curves_have_whole_epochs_and_mark_the_best_one():
         assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--"] == [3]
         assert "best epoch (3)" in [text.get_text() for text in ax.get_legend().get_texts()]
     plt.close("all")
+
+
+def test_sweep_accuracy_has_one_line_per_other_setting_with_seed_error_bars():
+    import pandas as pd
+
+    results = pd.DataFrame({"model.family": ["mlp", "mlp", "cnn", "cnn", "cnn"],
+                            "train.learning_rate": [0.1, 0.1, 0.1, 0.1, 0.2],
+                            "test_accuracy": [0.8, 0.9, 0.95, 0.97, 0.5],
+                            "status": ["ok", "ok", "ok", "ok", "failed"]})
+    fig = plots.plot_sweep_accuracy(results, ["model.family", "train.learning_rate"])
+    by_family, by_rate = fig.axes
+    assert [t.get_text() for t in by_family.get_legend().get_texts()] == ["learning_rate=0.1"]
+    line = by_family.lines[0]
+    assert list(line.get_xdata()) == ["mlp", "cnn"]
+    assert np.allclose(line.get_ydata(), [0.85, 0.96])
+    assert len(by_rate.get_legend().get_texts()) == 2  # the failed run is not plotted
+    plt.close("all")
+
+
+def test_runs_side_by_side_put_curves_above_confusion_matrices():
+    import pandas as pd
+
+    history = pd.DataFrame({"epoch": [1, 2], "accuracy": [0.5, 0.8], "val_accuracy": [0.6, 0.7],
+                            "loss": [1.0, 0.5], "val_loss": [0.9, 0.8]})
+    metrics = {"confusion_matrix": [[3, 1], [0, 4]], "class_names": ["a", "b"]}
+    fig = plots.plot_runs_side_by_side({"best": (history, metrics), "next": (history, metrics)})
+    assert [ax.get_title() for ax in fig.axes] == ["best", "next", "Confusion matrix (test split)",
+                                                   "Confusion matrix (test split)"]
+    plt.close("all")
