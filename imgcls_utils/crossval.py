@@ -20,7 +20,7 @@ from .config import Config, ConfigError, load_config
 from .evaluation import classification_metrics, labels_and_probabilities
 from .plots import plot_cross_validation
 from .recipe import TrainingRun, train
-from .tables import markdown_table
+from .tables import markdown_table, plus_minus
 
 SCORES = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1")
 
@@ -38,13 +38,13 @@ class CrossValidation:
         return self.folds[list(SCORES)].agg(["mean", "std"])
 
     def report(self) -> str:
-        """The per-fold table, mean +- std of each score, and the ensemble's test line, as
+        """The per-fold table, mean ± std of each score, and the ensemble's test line, as
         Markdown."""
         summary = self.summary()
-        spread = pd.DataFrame({"score": SCORES, "mean +- std": [
-            f"{summary.at['mean', score]:.4f} +- {summary.at['std', score]:.4f}"
+        spread = pd.DataFrame({"score": SCORES, "mean ± std": [
+            plus_minus(summary.at["mean", score], summary.at["std", score])
             for score in SCORES]})
-        return (f"{markdown_table(self.folds.drop(columns=['model_folder']).round(4))}\n\n"
+        return (f"{markdown_table(self.folds.drop(columns=['model_folder']))}\n\n"
                 f"{markdown_table(spread)}\n\n"
                 f"Test split, the {len(self.folds)} models' averaged probabilities: accuracy "
                 f"{self.ensemble['test_accuracy']:.4f}, macro F1 {self.ensemble['macro_f1']:.4f} "

@@ -188,14 +188,14 @@ def plot_explanations(images, heatmaps, titles: list[str], method: str = "",
 
 def plot_cross_validation(folds: pd.DataFrame, ensemble_test_accuracy: float) -> Figure:
     """Validation and test accuracy of each fold's model (``crossval``), the validation mean
-    +- one standard deviation as a band, and the k models' averaged test accuracy as a line."""
+    ± one standard deviation as a band, and the k models' averaged test accuracy as a line."""
     fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(folds) + 2), 3.5))
     x, width = np.arange(len(folds)), 0.38
     ax.bar(x - width / 2, folds["val_accuracy"], width, label="validation fold", color="#4C72B0")
     ax.bar(x + width / 2, folds["test_accuracy"], width, label="test split", color="#DD8452")
     mean, std = folds["val_accuracy"].mean(), folds["val_accuracy"].std()
     ax.axhspan(mean - std, mean + std, color="#4C72B0", alpha=0.15,
-               label=f"validation {mean:.4f} +- {std:.4f}")
+               label=f"validation {mean:.4f} ± {std:.4f}")
     ax.axhline(ensemble_test_accuracy, color="#C44E52", linestyle="--",
                label=f"{len(folds)} models averaged, test {ensemble_test_accuracy:.4f}")
     low = min(folds[["val_accuracy", "test_accuracy"]].min().min(), ensemble_test_accuracy)

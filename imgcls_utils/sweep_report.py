@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from .sweep import SPEC_FILE
+from .tables import markdown_table, plus_minus
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -78,14 +79,10 @@ def with_spread(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """The summary as people read it: ``0.9815 ± 0.0040`` per metric."""
     shown = summary[[*keys, "runs"]].copy()
     for metric in METRICS:
-        shown[metric] = [_plus_minus(mean, std) for mean, std in
+        shown[metric] = [plus_minus(mean, std) for mean, std in
                          zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
     shown["training_seconds"] = summary["training_seconds_mean"].round(1)
     return shown
-
-
-def _plus_minus(mean: float, std: float) -> str:
-    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
 
 
 def differences_from_best(summary: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
@@ -119,18 +116,6 @@ def run_history(folder: Path, run: str) -> pd.DataFrame:
 
 def run_metrics(folder: Path, run: str) -> dict:
     return json.loads((Path(folder) / run / "metrics.json").read_text())
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of ``frame`` (without its index)."""
-    def cell(value) -> str:
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        return text.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
-             "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
-    return "\n".join(lines)
 
 
 def newest_sweep(runs_dir: Path, example: Path) -> Path:

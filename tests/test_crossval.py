@@ -52,7 +52,7 @@ def test_the_report_holds_every_fold_the_spread_and_the_k_models_on_the_test_spl
     summary = pd.read_csv(result.folder / "cv_summary.csv", index_col=0)
     assert summary.loc["mean", "val_accuracy"] == pytest.approx(result.folds["val_accuracy"].mean())
     assert summary.loc["std", "val_accuracy"] == pytest.approx(result.folds["val_accuracy"].std())
-    assert f"{summary.loc['mean', 'val_accuracy']:.4f} +- {summary.loc['std', 'val_accuracy']:.4f}" \
+    assert f"{summary.loc['mean', 'val_accuracy']:.4f} ± {summary.loc['std', 'val_accuracy']:.4f}" \
         in report
     assert f"accuracy {result.ensemble['test_accuracy']:.4f}" in report
     assert (result.folder / "cv_folds.png").stat().st_size > 10_000

@@ -13,7 +13,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from imgcls_utils import sweep_report
+from imgcls_utils import sweep_report, tables
 from imgcls_utils.config import CONFIG_RELATIVE_PATH
 from imgcls_utils.sweep import (SweepError, parse_grid_option, run_id, sweep_from_file,
                                 sweep_from_options)
@@ -195,5 +195,5 @@ def test_the_committed_example_compares_two_settings_over_two_seeds():
 
 
 def test_markdown_table_escapes_pipes_and_rounds_floats():
-    table = sweep_report.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [0.123456]}))
+    table = tables.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [0.123456]}))
     assert table.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 0.1235 |"]
