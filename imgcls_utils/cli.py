@@ -304,7 +304,8 @@ def _run_sweep(sweep, folder: Path, notebooks: Path, config_path: str) -> list[d
 
     def run(run_dir: Path, overrides: dict, model_dir: Path) -> None:
         load_config(config_path, overrides=overrides).save(run_dir / "config.yaml")
-        run_notebooks(notebooks, run_dir, config_path, overrides, model_dir)
+        # A sweep compares settings: exporting every run would only cost time and disk.
+        run_notebooks(notebooks, run_dir, config_path, overrides, model_dir, export=False)
 
     def model_dir(overrides: dict) -> Path:
         return unused_model_folder_name(load_config(config_path, overrides=overrides))

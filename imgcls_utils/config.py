@@ -233,6 +233,7 @@ NOTEBOOK_PARAMETERS = {
     "source": "data.source",
     "image_size": "data.image_size",
     "seed": "data.seed",
+    "cv_fold": "data.cv_fold",
     "model_family": "model.family",
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",

@@ -29,13 +29,14 @@ def notebooks_folder(root: Path) -> Path:
 
 
 def run_notebooks(notebooks: Path, run_dir: Path, config_path: str, overrides: dict[str, Any],
-                  model_dir: Path, cell_lines: bool = False) -> None:
+                  model_dir: Path, cell_lines: bool = False, export: bool = True) -> None:
     """Execute the three notebooks in order into ``run_dir`` with the same config file and
-    overrides; Model_Training saves ``model_dir``. ``cell_lines``: a line per finished cell."""
+    overrides; Model_Training saves ``model_dir`` (and exports it unless ``export`` is
+    false). ``cell_lines``: a line per finished cell."""
     for number, name in enumerate(NOTEBOOKS, start=1):
         parameters = {"config_path": config_path, "overrides": overrides}
         if name == "Model_Training":
-            parameters["model_dir"] = str(model_dir)
+            parameters.update(model_dir=str(model_dir), export=export)
         output = Path(run_dir) / f"{number}_{name}.ipynb"
         if cell_lines:
             print(f"running {name} -> {output}", flush=True)
