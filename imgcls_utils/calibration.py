@@ -93,6 +93,16 @@ def calibration_report(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarra
             "test_bins_after": after.to_dict("records")}
 
 
+def calibration_metrics(test: tuple[np.ndarray, np.ndarray], report: dict | None) -> dict:
+    """``metrics.json``'s ``ece``, ``ece_calibrated`` and ``temperature``: from ``report``, or
+    for an uncalibrated model (no report) its ECE and temperature 1."""
+    if report is None:
+        ece = expected_calibration_error(*test)
+        return {"ece": ece, "ece_calibrated": ece, "temperature": 1.0}
+    return {"ece": report["test_ece_before"], "ece_calibrated": report["test_ece_after"],
+            "temperature": report["temperature"]}
+
+
 def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
     """``model`` giving ``softmax(log p / T)``: its softmax output layer's kernel and bias
     divided by ``T`` in place (``softmax(z / T)`` is the same thing), so every copy of the

@@ -130,3 +130,25 @@ def _show_image(ax, image: np.ndarray) -> None:
         ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
     else:
         ax.imshow(image)
+
+
+def plot_reliability_diagram(before, after=None) -> Figure:
+    """Accuracy against confidence per bin (``calibration.reliability_bins``, or the records in
+    calibration.json) before and after temperature scaling, with the diagonal a calibrated model
+    follows and each ECE in the legend: bars below the diagonal mean over-confidence."""
+    from .calibration import ece_of_bins
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
+    for bins, name, color, alpha in ((before, "before", "#DD8452", 0.8),
+                                     (after, "after temperature scaling", "#4C72B0", 0.6)):
+        if bins is not None:
+            bins = pd.DataFrame(bins)
+            ax.bar(bins["lower"], bins["accuracy"], width=bins["upper"] - bins["lower"],
+                   align="edge", color=color, alpha=alpha, edgecolor="white",
+                   label=f"{name} (ECE {ece_of_bins(bins):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
+           title="Reliability diagram (test split)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
