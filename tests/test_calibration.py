@@ -1,10 +1,18 @@
 """Calibration: the ECE on cases whose answer is known, the temperature fitted to a real
 over-confident model, and the calibrated probabilities wherever they leave a model folder."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
-from imgcls_utils import calibration
+from imgcls_utils import calibration, model_utils
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
+from imgcls_utils.model_utils import ModelFolderError
+from imgcls_utils.runtime import tf
+from tests.conftest import REPO_ROOT
+from tests.test_cli import imgcls
 
 
 def calibrated_sample(images: int = 20000, classes: int = 4, seed: int = 0):
@@ -50,3 +58,101 @@ def test_temperature_copes_with_probabilities_that_underflowed_to_zero():
     temperature = calibration.fit_temperature(np.array([0, 1, 2]), probabilities)
     assert np.isfinite(temperature) and temperature > 1
     assert np.isfinite(calibration.apply_temperature(probabilities, temperature)).all()
+
+
+# A wide MLP without dropout or augmentation, fitted fast on a tenth of the digits: it ends
+# over-confident, the case temperature scaling is for.
+OVER_CONFIDENT = {"data.image_size": [8, 8], "model.family": "mlp", "model.dense_units": 256,
+                  "model.dropout": 0.0, "augment.enabled": False, "train.learning_rate": 0.01,
+                  "train.epochs": 20, "train.min_steps_per_epoch": 10,
+                  "data.train_fraction": 0.1, "data.val_fraction": 0.45,
+                  "data.test_fraction": 0.45, "data.near_duplicate_distance": "none",
+                  "hardware.mixed_precision": "float32", "train.verbose": 0,
+                  "train.classical_baselines": False}
+
+
+@pytest.fixture(scope="module")
+def over_confident(tmp_path_factory):
+    """``(config, run)`` of the over-confident digits MLP, trained and saved once."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "config").mkdir()
+    shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, root / CONFIG_RELATIVE_PATH)
+    cfg = load_config(root / CONFIG_RELATIVE_PATH, overrides=OVER_CONFIDENT)
+    return cfg, model_utils.train(cfg)
+
+
+def test_temperature_fitted_on_validation_lowers_the_test_ece_of_an_over_confident_model(
+        over_confident):
+    _, run = over_confident
+    report, metrics = run.evaluation.calibration, run.evaluation.metrics
+    assert report["temperature"] > 1.1 and metrics["temperature"] == report["temperature"]
+    assert report["val_nll_after"] < report["val_nll_before"]
+    assert metrics["ece_calibrated"] < 0.7 * metrics["ece"]
+    assert (run.evaluation.calibrated_probabilities.argmax(1) == run.evaluation.predicted).all()
+    saved = json.loads((run.model_folder / "metrics.json").read_text())
+    assert (saved["ece"], saved["ece_calibrated"]) == (metrics["ece"], metrics["ece_calibrated"])
+
+
+def test_the_model_folder_keeps_the_calibration_and_predicts_calibrated_probabilities(
+        over_confident):
+    _, run = over_confident
+    folder = run.model_folder
+    saved = json.loads((folder / "calibration.json").read_text())
+    assert saved["temperature"] == run.evaluation.temperature
+    assert sum(row["count"] for row in saved["test_bins_after"]) == run.prepared.count("test")
+    assert "calibration.json" in json.loads((folder / "manifest.json").read_text())["files"]
+    assert (folder / "figures" / "reliability_diagram.png").is_file()
+    np.testing.assert_allclose(predicted_probabilities(folder, run),
+                               run.evaluation.calibrated_probabilities, atol=1e-5)
+
+
+def test_imgcls_predict_prints_the_calibrated_probabilities(over_confident):
+    _, run = over_confident
+    paths = [run.prepared.image_folder / path for path in run.prepared.paths("test")[:5]]
+    done, _ = imgcls("predict", str(run.model_folder), *map(str, paths), "--top-k", "1")
+    assert done.returncode == 0, done.stderr
+    printed = [float(line.split()[-1].strip("()")) for line in done.stdout.splitlines()]
+    np.testing.assert_allclose(printed, run.evaluation.calibrated_probabilities[:5].max(1),
+                               atol=1e-3)
+    assert max(printed) < run.evaluation.probabilities[:5].max()
+
+
+def test_a_changed_calibration_is_refused_and_an_old_folder_without_one_predicts_as_trained(
+        over_confident, tmp_path):
+    _, run = over_confident
+    old = shutil.copytree(run.model_folder, tmp_path / "old")
+    calibration_file = old / "calibration.json"
+    changed = json.loads(calibration_file.read_text())
+    calibration_file.write_text(json.dumps({**changed, "temperature": 9.0}))
+    with pytest.raises(ModelFolderError, match="calibration.json changed since training"):
+        model_utils.load_model_folder(old)
+    calibration_file.unlink()
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["files"]["calibration.json"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    np.testing.assert_allclose(predicted_probabilities(old, run), run.evaluation.probabilities,
+                               atol=1e-5)
+
+
+def test_the_export_bakes_the_temperature_into_every_signature(over_confident):
+    cfg, run = over_confident
+    version = model_utils.export_model(run.model_folder, cfg.path("exports_dir"))
+    assert version.info["temperature"] == run.evaluation.temperature
+    exported = tf.saved_model.load(str(version.folder))
+    paths = [run.prepared.image_folder / path for path in run.prepared.paths("test")]
+    from_bytes = exported.signatures["serving_default"](
+        images=tf.constant([path.read_bytes() for path in paths]))["probabilities"].numpy()
+    expected = run.evaluation.calibrated_probabilities
+    np.testing.assert_allclose(from_bytes, expected, atol=1e-5)
+    pixels = exported.preprocess(tf.constant([path.read_bytes() for path in paths]))
+    from_pixels = exported.signatures["pixels"](pixels=pixels)["probabilities"].numpy()
+    np.testing.assert_allclose(from_pixels, expected, atol=1e-5)
+
+
+def predicted_probabilities(folder, run) -> np.ndarray:
+    """What ``predict_files`` gives for the test images with the model folder, as a matrix."""
+    model, class_names, config = model_utils.load_model_folder(folder)
+    paths = [run.prepared.image_folder / path for path in run.prepared.paths("test")]
+    predictions = model_utils.predict_files(model, class_names, config, paths,
+                                            top_k=len(class_names))
+    return np.array([[dict(p.top)[name] for name in class_names] for p in predictions])
