@@ -1,10 +1,11 @@
 """Model folders: create a run's ``.resumable`` folder, find it again to resume, save, load.
 
 ``Trained_Models/<name>_<timestamp>/`` is self-contained: the ``.keras`` model, class names,
-merged config, history, metrics, the temperature that calibrates its probabilities, figures, TensorBoard logs and ``manifest.json`` (versions,
-seed, hardware, data fingerprint, and the sha256 of every file). A run works in
-``<name>_<timestamp>.resumable/``, which is renamed into place only when complete, so a crash
-never leaves a folder that looks like a finished model; ``imgcls train --resume`` continues it.
+merged config, history, metrics, ``calibration.json`` (the temperature that calibrates its
+probabilities), figures, TensorBoard logs and ``manifest.json`` (versions, seed, hardware, data
+fingerprint, and the sha256 of every file). A run works in ``<name>_<timestamp>.resumable/``,
+which is renamed into place only when complete, so a crash never leaves a folder that looks like
+a finished model; ``imgcls train --resume`` continues it.
 """
 
 from __future__ import annotations
