@@ -140,13 +140,13 @@ def plot_reliability_diagram(before, after=None) -> Figure:
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
-    for bins, name, color, alpha in ((before, "before", "#DD8452", 0.8),
-                                     (after, "after temperature scaling", "#4C72B0", 0.6)):
-        if bins is not None:
-            bins = pd.DataFrame(bins)
-            ax.bar(bins["lower"], bins["accuracy"], width=bins["upper"] - bins["lower"],
-                   align="edge", color=color, alpha=alpha, edgecolor="white",
-                   label=f"{name} (ECE {ece_of_bins(bins):.3f})")
+    shown = [(pd.DataFrame(bins), name, color) for bins, name, color in (
+        (before, "before", "#DD8452"), (after, "after temperature scaling", "#4C72B0"))
+        if bins is not None]
+    for place, (bins, name, color) in enumerate(shown):  # side by side within each bin
+        width = (bins["upper"] - bins["lower"]) / len(shown)
+        ax.bar(bins["lower"] + place * width, bins["accuracy"], width=width, align="edge",
+               color=color, edgecolor="white", label=f"{name} (ECE {ece_of_bins(bins):.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
            title="Reliability diagram (test split)")
     ax.legend(loc="upper left", fontsize=8)
