@@ -196,6 +196,7 @@ RULES: dict[str, Rule] = {
     "train.class_weight": choice("none", "balanced"),
     "train.verbose": integer(0, 2),
     "train.classical_baselines": boolean(),
+    "train.calibration": choice("temperature", "none"),
     "hardware.strategy": choice("auto", "cpu", "gpu", "mirrored", "multi_worker"),
     "hardware.mixed_precision": choice("auto", "float32", "mixed_float16", "mixed_bfloat16"),
     "hardware.jit_compile": auto_or_boolean(),

@@ -6,7 +6,9 @@ polling the folder never sees half a version. A version holds the SavedModel wit
 signatures (``serving_default``: encoded image bytes in; ``pixels``: decoded pixels in; both
 return ``probabilities`` and the top class name in ``classes``), ``assets.extra/`` with the
 warm-up requests TensorFlow Serving replays at load and ``imgcls.json`` (class names, image
-size, where it came from), and the TensorFlow Lite variants in ``tflite/``.
+size, temperature, where it came from), and the TensorFlow Lite variants in ``tflite/``. The
+model folder's temperature is in the network's weights, so every variant gives the calibrated
+probabilities ``imgcls predict`` gives.
 
 The SavedModel computes at the precision the model trained at (so it agrees with ``imgcls
 predict``); the TensorFlow Lite variants start from a float32 copy, TensorFlow Lite having no
@@ -30,7 +32,7 @@ from .config import Config
 from .errors import UserError
 from .files import file_sha256, locked, staged
 from .input_pipeline import make_dataset
-from .model_folders import MODEL_FILE, load_model_folder, model_name
+from .model_folders import MODEL_FILE, load_model_folder, model_name, temperature
 from .prediction import graph_input_problem
 from .processed import PreparedData
 from .runtime import keras, tensorflow_logs_above_warnings, tf
@@ -93,7 +95,8 @@ def export_model(model_folder: Path, exports_dir: Path,
     module = ServingModule(model, class_names, tuple(data["image_size"]), data["channels"])
     info = {"model_name": name, "class_names": class_names,
             "image_size": list(data["image_size"]), "channels": data["channels"],
-            "max_pixels": data["max_pixels"], "model_folder": str(Path(model_folder).resolve()),
+            "max_pixels": data["max_pixels"], "temperature": temperature(model_folder),
+            "model_folder": str(Path(model_folder).resolve()),
             "model_sha256": file_sha256(Path(model_folder) / MODEL_FILE),
             "created": datetime.now().isoformat(timespec="seconds")}
     model_exports = Path(exports_dir) / name

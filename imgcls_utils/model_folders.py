@@ -1,10 +1,11 @@
 """Model folders: create a run's ``.resumable`` folder, find it again to resume, save, load.
 
 ``Trained_Models/<name>_<timestamp>/`` is self-contained: the ``.keras`` model, class names,
-merged config, history, metrics, figures, TensorBoard logs and ``manifest.json`` (versions,
-seed, hardware, data fingerprint, and the sha256 of every file). A run works in
-``<name>_<timestamp>.resumable/``, which is renamed into place only when complete, so a crash
-never leaves a folder that looks like a finished model; ``imgcls train --resume`` continues it.
+merged config, history, metrics, ``calibration.json`` (the temperature that calibrates its
+probabilities), figures, TensorBoard logs and ``manifest.json`` (versions, seed, hardware, data
+fingerprint, and the sha256 of every file). A run works in ``<name>_<timestamp>.resumable/``,
+which is renamed into place only when complete, so a crash never leaves a folder that looks like
+a finished model; ``imgcls train --resume`` continues it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .calibration import with_temperature
 from .checkpoints import CHECKPOINT_DIR, HISTORY_FILE
 from .config import Config, load_config
 from .errors import UserError
@@ -32,6 +34,7 @@ MODEL_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+CALIBRATION_FILE = "calibration.json"
 MANIFEST_FILE = "manifest.json"
 RESUMABLE_SUFFIX = ".resumable"
 REQUIRED_FILES = (MODEL_FILE, CLASS_NAMES_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE)
@@ -111,15 +114,18 @@ def run_config(run_folder: Path, root: Path) -> Config:
 
 def save_model_folder(run_folder: Path, model: keras.Model, cfg: Config, prepared: PreparedData,
                       metrics: dict, figures: dict | None = None,
-                      hardware: Hardware | None = None) -> Path:
+                      hardware: Hardware | None = None, calibration: dict | None = None) -> Path:
     """Write everything into the ``.resumable`` folder, rename it to its final name, then drop
     the checkpoints: a crash at any moment leaves a resumable run or a complete model folder
-    (at worst one still holding its checkpoints), never neither."""
+    (at worst one still holding its checkpoints), never neither. The model is saved as trained;
+    ``calibration`` (``calibration.calibration_report``) holds the temperature loading applies."""
     run_folder = Path(run_folder)
     model.save(run_folder / MODEL_FILE)
     (run_folder / CLASS_NAMES_FILE).write_text(json.dumps(prepared.class_names, indent=2))
     cfg.save(run_folder / CONFIG_FILE)
     (run_folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    if calibration:
+        (run_folder / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
     for name, figure in (figures or {}).items():
         (run_folder / "figures").mkdir(exist_ok=True)
         figure.savefig(run_folder / "figures" / f"{name}.png", dpi=100, bbox_inches="tight")
@@ -172,8 +178,9 @@ def saved_files(folder: Path) -> list[str]:
 # ----------------------------------------------------------------------------- load
 
 def load_model_folder(folder: Path) -> tuple[keras.Model, list[str], dict]:
-    """The model (loaded in Keras safe mode), its class names and the config it was trained
-    with, after checking every file against the sha256 recorded in the manifest."""
+    """The model (loaded in Keras safe mode, its probabilities calibrated by the folder's
+    temperature), its class names and the config it was trained with, after checking every
+    file against the sha256 recorded in the manifest."""
     folder = Path(folder)
     config = trained_config(folder)
     try:
@@ -182,7 +189,14 @@ def load_model_folder(folder: Path) -> tuple[keras.Model, list[str], dict]:
         raise ModelFolderError(f"{folder / MODEL_FILE} cannot be loaded ({error}); restore the "
                                "folder from a backup or retrain") from None
     class_names = json.loads((folder / CLASS_NAMES_FILE).read_text())
-    return model, class_names, config
+    return with_temperature(model, temperature(folder)), class_names, config
+
+
+def temperature(folder: Path) -> float:
+    """The temperature fitted when the model was trained; 1 (probabilities as the network gives
+    them) for a folder trained with ``train.calibration: none`` or before imgcls calibrated."""
+    path = Path(folder) / CALIBRATION_FILE
+    return json.loads(path.read_text())["temperature"] if path.is_file() else 1.0
 
 
 def trained_config(folder: Path) -> dict:

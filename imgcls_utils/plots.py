@@ -204,3 +204,25 @@ def plot_cross_validation(folds: pd.DataFrame, ensemble_test_accuracy: float) ->
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.tight_layout()
     return fig
+
+
+def plot_reliability_diagram(before, after=None) -> Figure:
+    """Accuracy against confidence per bin (``calibration.reliability_bins``, or the records in
+    calibration.json) before and after temperature scaling, with the diagonal a calibrated model
+    follows and each ECE in the legend: bars below the diagonal mean over-confidence."""
+    from .calibration import ece_of_bins
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
+    shown = [(pd.DataFrame(bins), name, color) for bins, name, color in (
+        (before, "before", "#DD8452"), (after, "after temperature scaling", "#4C72B0"))
+        if bins is not None]
+    for place, (bins, name, color) in enumerate(shown):  # side by side within each bin
+        width = (bins["upper"] - bins["lower"]) / len(shown)
+        ax.bar(bins["lower"] + place * width, bins["accuracy"], width=width, align="edge",
+               color=color, edgecolor="white", label=f"{name} (ECE {ece_of_bins(bins):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
+           title="Reliability diagram (test split)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig

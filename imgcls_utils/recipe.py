@@ -8,7 +8,7 @@ steps one per cell, so the two cannot drift apart::
     run.prepare_data()          # Processed_Data, and the datasets each worker reads its part of
     run.build_and_compile()
     run.fit()                   # resumable, in <name>_<timestamp>.resumable/
-    run.evaluate()              # the test split, once
+    run.evaluate()              # the test split, once (and the validation split, calibrating)
     run.save()                  # the model folder, published when complete
 
 In a multi-worker cluster every worker runs every step; only the chief's folder is kept, the
@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .baselines import fit_baselines
+from .calibration import apply_temperature, calibration_metrics, calibration_report
 from .checkpoints import CHECKPOINT_DIR, run_identity
 from .config import Config
 from .evaluation import classification_metrics, labels_and_probabilities
@@ -35,7 +36,7 @@ from .hardware import choose_hardware
 from .input_pipeline import STATISTICS, make_datasets
 from .model_folders import new_run_folder, resumable_folder, save_model_folder
 from .models import build_model, count_parameters
-from .plots import plot_confusion_matrix, plot_training_curves
+from .plots import plot_confusion_matrix, plot_reliability_diagram, plot_training_curves
 from .processed import PreparedData, prepare_data
 from .runtime import keras
 from .training import class_weights, compile_model, local_copy, set_seed, train_model
@@ -43,17 +44,29 @@ from .training import class_weights, compile_model, local_copy, set_seed, train_
 
 @dataclass
 class Evaluation:
-    """The model's predictions on the test split (in ``prepared.paths("test")`` order) and
-    the metrics computed from them."""
+    """The network's predictions on the test split (in ``prepared.paths("test")`` order), the
+    metrics computed from them, and with ``train.calibration: temperature`` the calibration
+    report (``calibration.json``)."""
 
     y_true: np.ndarray
     probabilities: np.ndarray
     metrics: dict
+    calibration: dict | None = None
 
     @property
     def predicted(self) -> np.ndarray:
         """The predicted class of each image."""
         return self.probabilities.argmax(axis=1)
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the saved model applies (1: none)."""
+        return self.calibration["temperature"] if self.calibration else 1.0
+
+    @property
+    def calibrated_probabilities(self) -> np.ndarray:
+        """The probabilities the saved model folder gives for the test images."""
+        return apply_temperature(self.probabilities, self.temperature)
 
 
 class TrainingRun:
@@ -115,26 +128,36 @@ class TrainingRun:
     def evaluate(self) -> Evaluation:
         """Predict the test split once; metrics, confusion matrix and top losses come from it.
         The metrics also hold the parameter count and the seconds ``fit`` took (since it
-        resumed, for a resumed run) for comparing runs, and with ``train.classical_baselines``
-        the baselines' results."""
-        y_true, probabilities = labels_and_probabilities(self.model, self.datasets["test"])
-        metrics = classification_metrics(y_true, probabilities, self.prepared.class_names)
+        resumed, for a resumed run) for comparing runs; with ``train.calibration: temperature``
+        the validation split is predicted too, to fit the temperature; with
+        ``train.classical_baselines``, the metrics hold the baselines' results too."""
+        test = labels_and_probabilities(self.model, self.datasets["test"])
+        metrics = classification_metrics(*test, self.prepared.class_names)
         metrics["parameters"] = count_parameters(self.model)["total"]
         metrics["training_seconds"] = round(self.training_seconds, 1)
+        calibration = None
+        if self.cfg.train.calibration == "temperature":
+            val = labels_and_probabilities(self.model, self.datasets["val"])
+            calibration = calibration_report(val, test)
+        metrics.update(calibration_metrics(test, calibration))
         if self.cfg.train.classical_baselines:
             metrics["baselines"] = fit_baselines(self.prepared)
-        self.evaluation = Evaluation(y_true, probabilities, metrics)
+        self.evaluation = Evaluation(*test, metrics, calibration)
         return self.evaluation
 
     def save(self) -> Path:
-        """Write the model folder (model, class names, config, history, metrics, figures,
-        manifest) and publish it under its final name."""
-        metrics = self.evaluation.metrics
+        """Write the model folder (model, class names, config, history, metrics, calibration,
+        figures, manifest) and publish it under its final name."""
+        metrics, calibration = self.evaluation.metrics, self.evaluation.calibration
         figures = {"training_curves": plot_training_curves(self.history),
                    "confusion_matrix": plot_confusion_matrix(metrics["confusion_matrix"],
                                                              metrics["class_names"])}
+        if calibration:
+            figures["reliability_diagram"] = plot_reliability_diagram(
+                calibration["test_bins_before"], calibration["test_bins_after"])
         self.model_folder = save_model_folder(self.run_folder, self.model, self.cfg,
-                                              self.prepared, metrics, figures, self.hardware)
+                                              self.prepared, metrics, figures, self.hardware,
+                                              calibration)
         for figure in figures.values():
             plt.close(figure)
         return self.model_folder

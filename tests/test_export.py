@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from imgcls_utils import data_utils, model_utils
+from imgcls_utils.calibration import apply_temperature
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
 from imgcls_utils.export import (ASSETS_EXTRA, EXPORT_INFO, WARMUP_FILE, ExportError,
-                                 find_version, versions)
+                                 find_version, float32_copy, split_arrays, versions)
 from imgcls_utils.prediction import graph_input_problem
-from imgcls_utils.runtime import tf
+from imgcls_utils.runtime import keras, tf
 from imgcls_utils.serving_graph import decode_image
 from imgcls_utils.tflite import TfliteClassifier
 from tests.conftest import REPO_ROOT
@@ -124,6 +125,17 @@ def test_tflite_variants_are_smaller_and_as_accurate_in_litert(exported):
     assert int8.input["dtype"] == np.uint8 and int8.image_shape == (16, 16, 1)
 
 
+def test_tflite_gives_the_probabilities_calibrated_by_the_model_folders_temperature(exported):
+    _, folder, prepared, version = exported
+    pixels = split_arrays(prepared, "test")[0][:32]
+    trained = float32_copy(keras.saving.load_model(folder / "model.keras")).predict_on_batch(
+        pixels)  # TensorFlow Lite computes in float32 whatever the training precision
+    float32 = TfliteClassifier(version.folder / "tflite" / "float32.tflite")
+    np.testing.assert_allclose(float32.predict_on_batch(pixels),
+                               apply_temperature(trained, version.info["temperature"]),
+                               atol=1e-5)
+
+
 def test_predict_takes_a_model_folder_an_export_or_a_tflite_file(exported, tmp_path):
     _, folder, prepared, version = exported
     images = [prepared.image_folder / path for path in prepared.paths("test")[:12]]
@@ -171,3 +183,5 @@ def test_export_info_names_the_model_and_its_preprocessing(exported):
     assert info["model_name"] == "digits_cnn" and info["image_size"] == [16, 16]
     assert info["channels"] == 1 and info["class_names"] == [str(d) for d in range(10)]
     assert Path(info["model_folder"]) == folder.resolve()
+    calibration = json.loads((folder / "calibration.json").read_text())
+    assert info["temperature"] == calibration["temperature"] != 1

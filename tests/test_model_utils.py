@@ -35,9 +35,9 @@ def test_train_writes_a_complete_folder_named_for_the_source_and_family(trained)
     assert not list(cfg.path("models_dir").glob("*.resumable"))
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert [name for name in files if not name.startswith("logs/")] == [
-        "class_names.json", "config.yaml", "figures/confusion_matrix.png",
-        "figures/training_curves.png", "history.csv", "manifest.json", "metrics.json",
-        "model.keras"]
+        "calibration.json", "class_names.json", "config.yaml", "figures/confusion_matrix.png",
+        "figures/reliability_diagram.png", "figures/training_curves.png", "history.csv",
+        "manifest.json", "metrics.json", "model.keras"]
     assert {name.split("/")[1] for name in files if name.startswith("logs/")} == \
         {"train", "validation"}  # TensorBoard
     saved = json.loads((folder / "metrics.json").read_text())

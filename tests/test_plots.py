@@ -86,3 +86,19 @@ def test_runs_side_by_side_put_curves_above_confusion_matrices():
     assert [ax.get_title() for ax in fig.axes] == ["best", "next", "Confusion matrix (test split)",
                                                    "Confusion matrix (test split)"]
     plt.close("all")
+
+
+def test_reliability_diagram_shows_bins_before_and_after_with_their_ece():
+    from imgcls_utils import calibration
+    y_true = np.array([0, 0, 1, 1])
+    sharp = np.array([[0.99, 0.01], [0.99, 0.01], [0.99, 0.01], [0.02, 0.98]])
+    before = calibration.reliability_bins(y_true, sharp)
+    after = calibration.reliability_bins(y_true, calibration.apply_temperature(sharp, 3.0))
+    fig = plots.plot_reliability_diagram(before, after.to_dict("records"))
+    ax = fig.axes[0]
+    assert [len(bars) for bars in ax.containers] == [len(before), len(after)]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels == ["calibrated",
+                      f"before (ECE {calibration.ece_of_bins(before):.3f})",
+                      f"after temperature scaling (ECE {calibration.ece_of_bins(after):.3f})"]
+    plt.close("all")

@@ -189,7 +189,7 @@ def trained_run(make_config, class_folder, **overrides):
 def test_a_loaded_model_folder_predicts_what_the_trained_model_did(make_config, class_folder,
                                                                   precision):
     run = trained_run(make_config, class_folder, **{"hardware.mixed_precision": precision})
-    expected = run.evaluation.probabilities
+    expected = run.evaluation.calibrated_probabilities  # the folder applies its temperature
     test_paths = run.prepared.paths("test")
     assert expected.shape == (len(test_paths), 3) and len(test_paths) >= 3
     model, class_names, config = model_utils.load_model_folder(run.model_folder)
