@@ -12,9 +12,10 @@ import subprocess
 import pytest
 import yaml
 
-from imgcls_utils.cli import _parser
+from imgcls_utils.cli import _parser, _sweep_from_args
 from imgcls_utils.config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, load_config,
                                  notebook_config)
+from imgcls_utils.sweep import validate_sweep
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -23,8 +24,8 @@ LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "imgcls exp
         "apt-get install", "imgcls export", "imgcls serve", "curl ", "docker run", "docker compose")
 # What `imgcls serve` answers (tests/test_server.py sends these requests to a real server).
 # Notebook runs, each run for real elsewhere: `imgcls run` by test_corpus.py, papermill on
-# Model_Training by test_notebooks.py, every notebook by nbval.
-NOTEBOOK_RUNS = ("imgcls run --set train.epochs", "papermill ")
+# Model_Training by test_notebooks.py, a sweep by test_sweep.py, every notebook by nbval.
+NOTEBOOK_RUNS = ("imgcls run --set train.epochs", "papermill ", "imgcls sweep")
 SERVED_PATHS = re.compile(r"/v1/models/\w+(:predict|/metadata)?|/predict|/healthz|/metrics")
 
 
@@ -74,6 +75,8 @@ def check_arguments(command: str) -> None:
         parsed = _parser().parse_args(args)
         if getattr(parsed, "set", None):
             load_config(REPO_ROOT / CONFIG_RELATIVE_PATH, set_options=parsed.set)
+        if parsed.command == "sweep":  # every run's config, as the command checks it first
+            validate_sweep(_sweep_from_args(parsed, 42), REPO_ROOT / CONFIG_RELATIVE_PATH)
     elif program == "papermill":
         check_papermill_arguments(args)
     elif program in ("apt-get", "sudo"):
