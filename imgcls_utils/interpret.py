@@ -146,7 +146,12 @@ def explain_examples(model: keras.Model, examples: pd.DataFrame, folder: Path,
                      data) -> ExplainedExamples:
     """Heat maps for the predicted class of example images, e.g. ``evaluation.top_losses`` or
     ``evaluation.correct_examples``: files under ``folder`` loaded at the ``data`` section's size
-    and channels; titled with the predicted class and, when wrong, the true one."""
+    and channels; titled with the predicted class and, when wrong, the true one. No examples
+    (a tiny test split where no class was predicted right) give no maps."""
+    if examples.empty:
+        height, width = data["image_size"]
+        return ExplainedExamples(np.zeros((0, height, width, data["channels"])),
+                                 np.zeros((0, height, width)), [], "")
     images = np.stack([load_image(Path(folder) / path, tuple(data["image_size"]), data["channels"])
                        for path in examples["path"]])
     heatmaps, method = explain(model, images)

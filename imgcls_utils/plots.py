@@ -182,8 +182,9 @@ def plot_explanations(images, heatmaps, titles: list[str], method: str = "",
     arguments in order), the method named in the figure's title."""
     from .interpret import overlay  # interpret imports TensorFlow; the other figures need not
 
+    shown = method if len(images) else "no images"
     return _grid([overlay(image, heatmap) for image, heatmap in zip(images, heatmaps)], titles,
-                 columns, f"{title} ({method})" if method else title, (1.6, 2.0))
+                 columns, f"{title} ({shown})" if shown else title, (1.6, 2.0))
 
 
 def plot_cross_validation(folds: pd.DataFrame, ensemble_test_accuracy: float) -> Figure:

@@ -12,6 +12,7 @@ import pytest
 
 from imgcls_utils import data_utils, model_utils
 from imgcls_utils.calibration import apply_temperature
+from imgcls_utils.cli import main
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
 from imgcls_utils.export import (ASSETS_EXTRA, EXPORT_INFO, WARMUP_FILE, ExportError,
                                  find_version, float32_copy, split_arrays, versions)
@@ -136,16 +137,17 @@ def test_tflite_gives_the_probabilities_calibrated_by_the_model_folders_temperat
                                atol=1e-5)
 
 
-def test_predict_takes_a_model_folder_an_export_or_a_tflite_file(exported, tmp_path):
+def test_predict_takes_a_model_folder_an_export_or_a_tflite_file(exported, tmp_path, capsys):
+    """``imgcls predict`` in this process (test_cli.py runs it from the shell)."""
     _, folder, prepared, version = exported
     images = [prepared.image_folder / path for path in prepared.paths("test")[:12]]
     (tmp_path / "notes.png").write_text("not an image")
     tops = {}
     for model in (folder, version.folder.parent, version.folder / "tflite" / "float32.tflite",
                   version.folder / "tflite" / "int8.tflite"):
-        done, _ = imgcls("predict", str(model), *map(str, images), str(tmp_path / "notes.png"))
-        assert done.returncode == 3, done.stderr
-        lines = done.stdout.splitlines()
+        capsys.readouterr()
+        assert main(["predict", str(model), *map(str, images), str(tmp_path / "notes.png")]) == 3
+        lines = capsys.readouterr().out.splitlines()
         assert lines[-1].endswith("cannot be classified: not a readable image (cannot identify "
                                   f"image file '{tmp_path / 'notes.png'}')")
         tops[model] = [line.split(": ")[1].split()[0] for line in lines[:-1]]

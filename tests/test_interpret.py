@@ -116,6 +116,11 @@ def test_explanation_figures_of_top_losses_and_correct_examples(tmp_path, make_c
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 1 and shown[0].images[0].get_array().shape == (SIDE, SIDE, 3)
     assert fig._suptitle.get_text() == "Top losses (gradcam)"
+    never_right = evaluation.correct_examples(truth, 1 - np.eye(2)[truth], paths,
+                                              ["black", "white"])
+    empty = plots.plot_explanations(*interpret.explain_examples(model, never_right, tmp_path, data),
+                                    title="One correct example per class")
+    assert empty._suptitle.get_text() == "One correct example per class (no images)"
     plt.close("all")
 
 

@@ -24,12 +24,15 @@ QUICK = {"data.image_size": [16, 16], "train.epochs": 1, "model.dense_units": 16
          "transfer.fine_tune_epochs": 1}
 
 
-def run_model_training(project: Path, output: Path, overrides: dict, model_dir: Path):
+def run_model_training(project: Path, output: Path, overrides: dict, model_dir: Path,
+                       export: bool = False):
+    """Model_Training through papermill; without the export (test_export.py tests it) unless
+    ``export``."""
     papermill.execute_notebook(
         NOTEBOOKS / "Model_Training.ipynb", output, kernel_name=kernel_name(),
         cwd=str(NOTEBOOKS), progress_bar=False,
         parameters={"config_path": str(project / CONFIG_RELATIVE_PATH), "overrides": overrides,
-                    "model_dir": str(model_dir)})
+                    "model_dir": str(model_dir), "export": export})
 
 
 def test_the_notebook_and_the_command_line_train_the_same_model(project, tmp_path):
@@ -107,7 +110,7 @@ def test_each_notebook_declares_only_parameters_it_uses(name, project, keys_read
     exec(parameters_cell.source, namespace)
     namespace.update(config_path=str(project / CONFIG_RELATIVE_PATH),
                      overrides={**QUICK, "model.family": "mlp", "train.verbose": 0},
-                     model_dir=str(project / "Trained_Models" / "parameters_run"))
+                     model_dir=str(project / "Trained_Models" / "parameters_run"), export=False)
     monkeypatch.chdir(NOTEBOOKS)
     for cell in cells[cells.index(parameters_cell) + 1:]:
         exec(cell.source, namespace)
