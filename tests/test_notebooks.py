@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
 import nbformat
 import pandas as pd
 import papermill
@@ -114,6 +115,7 @@ def test_each_notebook_declares_only_parameters_it_uses(name, project, keys_read
     monkeypatch.chdir(NOTEBOOKS)
     for cell in cells[cells.index(parameters_cell) + 1:]:
         exec(cell.source, namespace)
+        plt.close("all")  # Agg keeps every figure a cell shows
     unread = {parameter: NOTEBOOK_PARAMETERS[parameter] for parameter in declared
               if parameter in NOTEBOOK_PARAMETERS and NOTEBOOK_PARAMETERS[parameter] not in keys_read}
     assert not unread, f"{name} declares parameters for keys it never reads: {unread}"
