@@ -14,6 +14,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
+from .models import output_layer
 from .runtime import keras
 
 BINS = 15
@@ -108,11 +109,7 @@ def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
     divided by ``T`` in place (``softmax(z / T)`` is the same thing), so every copy of the
     model, exported graphs and TensorFlow Lite files included, computes the calibrated
     probabilities with no extra layer."""
-    output = model.layers[-1]
-    if not (isinstance(output, keras.layers.Dense) and
-            output.get_config()["activation"] == "softmax"):
-        raise ValueError(f"temperature scaling needs a Dense softmax output layer, not "
-                         f"{output.name} ({type(output).__name__})")
+    output = output_layer(model)
     if temperature != 1.0:
         for weight in (output.kernel, output.bias):
             if weight is not None:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from .images import load_image
 from .model_folders import load_model_folder
+from .models import output_layer
 from .prediction import Prediction, classify_batch, decoded_batches
 from .runtime import keras, tf
 
@@ -56,7 +57,7 @@ def grad_cam(model: keras.Model, pixels: np.ndarray, class_indices=None) -> np.n
     if feature_map is None:
         raise ValueError(f"model {model.name} has no convolutional feature map for Grad-CAM; "
                          "use explain(), which gives it a saliency map")
-    probe = keras.Model(model.inputs, [feature_map, _output_layer(model).input])
+    probe = keras.Model(model.inputs, [feature_map, output_layer(model).input])
     images = tf.convert_to_tensor(pixels, tf.float32)
     with tf.GradientTape() as tape:
         features, hidden = probe(images, training=False)
@@ -73,7 +74,7 @@ def saliency(model: keras.Model, pixels: np.ndarray, class_indices=None) -> np.n
     units give each pixel, in one backward pass. Occlusion would need a forward pass per patch
     position and a patch size to choose; SmoothGrad's averaging over noisy copies is made for
     the ragged gradients of deep networks."""
-    probe = keras.Model(model.inputs, _output_layer(model).input)
+    probe = keras.Model(model.inputs, output_layer(model).input)
     images = tf.convert_to_tensor(pixels, tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(images)
@@ -98,15 +99,10 @@ def last_feature_map(model: keras.Model):
     return feature_map
 
 
-def _output_layer(model: keras.Model) -> keras.layers.Dense:
-    """The softmax Dense layer ``models.build_model`` ends every network with."""
-    return model.layers[-1]
-
-
 def _class_scores(model: keras.Model, hidden, class_indices):
     """Each image's score for its class before the softmax, as Grad-CAM prescribes: a confident
     probability saturates near 1 and its gradient vanishes. Default class: the predicted one."""
-    output = _output_layer(model)
+    output = output_layer(model)
     logits = tf.matmul(tf.cast(hidden, tf.float32), output.kernel) + output.bias
     classes = (tf.argmax(logits, axis=1) if class_indices is None
                else tf.constant(class_indices, tf.int64))

@@ -61,6 +61,17 @@ def build_model(model: Section, transfer: Section, input_shape: tuple[int, int, 
     return keras.Model(inputs, outputs, name=model.family)
 
 
+def output_layer(model: keras.Model) -> keras.layers.Dense:
+    """The softmax Dense layer ``build_model`` ends every network with: temperature scaling
+    rescales its weights, Grad-CAM takes the class score before its softmax."""
+    output = model.layers[-1]
+    if not (isinstance(output, keras.layers.Dense) and
+            output.get_config()["activation"] == "softmax"):
+        raise ValueError(f"model {model.name} does not end in a Dense softmax layer (its last "
+                         f"layer is {output.name}, {type(output).__name__})")
+    return output
+
+
 def _l2(model: Section):
     return keras.regularizers.L2(model.l2) if model.l2 else None
 
