@@ -19,7 +19,6 @@ shares this machine's cores: clients, nginx and the replicas. Exits 1 if any req
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -35,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.serving import (Server, load, load_arguments, percentile,  # noqa: E402
-                           train_and_export)
+                           predict_body, train_and_export)
 from imgcls_utils.deployment import (DEPLOYMENT_RELATIVE_PATH,  # noqa: E402
                                      free_loopback_port, load_deployment, local_nginx,
                                      nginx_conf, nginx_executable)
@@ -52,14 +51,6 @@ class Endpoint:
 
     host: str
     port: int
-
-
-def predict_body(root: Path) -> tuple[Path, bytes]:
-    """One digit PNG as a TensorFlow Serving :predict body (the request of bench/serving.py)."""
-    digit = next(path for folder in (REPO, root) for path in sorted(
-        (folder / "data" / "Raw_Data" / "digits" / "7").glob("*.png")))
-    return digit, json.dumps({"instances": [{"b64": base64.b64encode(digit.read_bytes())
-                                             .decode()}]}).encode()
 
 
 def failover(endpoint: Endpoint, victim: Server, path: str, body: bytes, clients: int,

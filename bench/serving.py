@@ -169,6 +169,15 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] * 1000
 
 
+def predict_body(root: Path) -> tuple[Path, bytes]:
+    """One digit PNG (the project's, else the one ``train_and_export`` wrote under ``root``)
+    as a TensorFlow Serving :predict body."""
+    digit = next(path for folder in (REPO, root) for path in sorted(
+        (folder / "data" / "Raw_Data" / "digits" / "7").glob("*.png")))
+    return digit, json.dumps({"instances": [{"b64": base64.b64encode(digit.read_bytes())
+                                             .decode()}]}).encode()
+
+
 def load_arguments(doc: str, requests: int, rounds: int) -> argparse.ArgumentParser:
     """The serving benches' arguments: the export to serve, requests per setup, rounds."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -189,10 +198,7 @@ def main() -> int:
         from imgcls_utils.export import find_version
 
         version = find_version(export)
-        digit = next(path for root in (REPO, Path(tmp)) for path in sorted(
-            (root / "data" / "Raw_Data" / "digits" / "7").glob("*.png")))
-        body = json.dumps({"instances": [{"b64": base64.b64encode(digit.read_bytes())
-                                          .decode()}]}).encode()
+        digit, body = predict_body(Path(tmp))
         path = f"/v1/models/{version.name}:predict"
         servers = {mode: Server(export, flags, Path(tmp) / f"{mode}.log")
                    for mode, flags in MODES.items()}
