@@ -407,6 +407,11 @@ def validate(values: Mapping[str, Any], source: str,
     return problems or (_cross_field_problems(values) if rules is RULES else [])
 
 
+def request_bytes(megabytes: float) -> int:
+    """``serve.max_request_mb`` in bytes, as the server, its page and nginx count it."""
+    return int(megabytes * 1024 * 1024)
+
+
 def read_flat(path: Path) -> dict[str, Any]:
     """A settings file's ``section.key -> value`` pairs, not yet validated."""
     if not path.is_file():

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from .config import RULES, ConfigError, Rule, identifier, integer, read_flat, text, validate
+from .config import (RULES, ConfigError, Rule, identifier, integer, read_flat, request_bytes,
+                     text, validate)
 
 DEPLOYMENT_RELATIVE_PATH = Path("Deployment") / "deployment.yaml"
 DOCKERFILE = "Model_Serving/Dockerfile"  # relative to the repository root, the build context
@@ -83,7 +84,7 @@ class DeploymentSettings:
     @property
     def max_request_bytes(self) -> int:
         """``serve.max_request_mb`` in bytes, as the replicas count it."""
-        return int(dict(self.serve)["max_request_mb"] * 1024 * 1024)
+        return request_bytes(dict(self.serve)["max_request_mb"])
 
 
 def load_deployment(path: str | Path) -> DeploymentSettings:

@@ -50,7 +50,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 
-from .config import Config
+from .config import Config, request_bytes
 from .errors import UserError
 from .export import (ASSETS_EXTRA, WARMUP_FILE, ExportedVersion, ExportError, export_model,
                      find_version, read_version, versions)
@@ -97,7 +97,7 @@ class ServeSettings:
     @property
     def max_request_bytes(self) -> int:
         """The largest request body accepted; the web page checks a file against it too."""
-        return int(self.max_request_mb * 1024 * 1024)
+        return request_bytes(self.max_request_mb)
 
     @property
     def batching(self) -> bool:
