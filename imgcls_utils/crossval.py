@@ -20,6 +20,7 @@ from .config import Config, ConfigError, load_config
 from .evaluation import classification_metrics, labels_and_probabilities
 from .plots import plot_cross_validation
 from .recipe import TrainingRun, train
+from .sweep import duration
 from .tables import markdown_table, plus_minus
 
 SCORES = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1")
@@ -106,13 +107,8 @@ def _write(result: CrossValidation) -> None:
 
 
 def _elapsed(started: float) -> str:
-    return _duration(time.monotonic() - started)
+    return duration(time.monotonic() - started)
 
 
 def _eta(started: float, done: int, total: int) -> str:
-    return _duration((time.monotonic() - started) / done * (total - done))
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+    return duration((time.monotonic() - started) / done * (total - done))

@@ -260,8 +260,8 @@ def run_sweep(sweep: Sweep, folder: Path, run_notebooks: RunNotebooks,
         outcome = (f"done in {durations[-1]:.0f} s: test accuracy {result['test_accuracy']:.4f}"
                    if result["status"] == "ok"
                    else f"failed after {durations[-1]:.0f} s: {result['error']}")
-        print(f"run {number}/{total} {outcome} (elapsed {_duration(time.monotonic() - started)}, "
-              f"ETA {_duration(remaining * sum(durations) / len(durations))})", flush=True)
+        print(f"run {number}/{total} {outcome} (elapsed {duration(time.monotonic() - started)}, "
+              f"ETA {duration(remaining * sum(durations) / len(durations))})", flush=True)
         results.append(result)
     return results
 
@@ -314,6 +314,7 @@ def model_results(model_dir: Path, run_dir: Path) -> dict:
             "training_seconds": metrics.get("training_seconds"), "model_folder": str(model_dir)}
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``2m05s`` or ``45s``: elapsed time and ETA in progress lines."""
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
