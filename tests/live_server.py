@@ -25,12 +25,12 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(export: Path, config: Path, log: Path, *set_options: str,
-                port: int = 0) -> Iterator[LiveServer]:
+def live_server(export: Path, config: Path, log: Path,
+                *set_options: str) -> Iterator[LiveServer]:
     """``imgcls serve export --config config --set ...`` until the block ends, once /healthz
     answers 200; its stderr (one JSON line per request) goes to ``log``."""
-    command = [sys.executable, "-m", "imgcls_utils.cli", "serve", str(export), "--port",
-               str(port), "--config", str(config)]
+    command = [sys.executable, "-m", "imgcls_utils.cli", "serve", str(export), "--port", "0",
+               "--config", str(config)]
     for option in set_options:
         command += ["--set", option]
     with open(log, "w") as stderr:

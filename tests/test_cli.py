@@ -6,10 +6,10 @@ from tests.conftest import REPO_ROOT
 from tests.sample_files import make_messy_folder
 
 
-def imgcls(*args, cwd=REPO_ROOT):
+def imgcls(*args, cwd=REPO_ROOT, timeout=300):
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "imgcls_utils.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)
     return done, time.monotonic() - started
 
 

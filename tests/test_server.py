@@ -1,7 +1,7 @@
 """``imgcls serve``: TensorFlow Serving's REST API on a real export (predict in every format,
 status, metadata, its errors), uploads, every kind of bad input answered with a 4xx JSON error,
 the API key, the body limit, /healthz and /metrics, warm-up, batching and hot reload on a real
-uvicorn server. One tiny digits model is trained and exported for the whole module."""
+uvicorn server. One tiny digits model is served_model and exported for the whole module."""
 
 from __future__ import annotations
 
@@ -41,20 +41,15 @@ FAST = {"poll_seconds": 0.2}
 
 
 @pytest.fixture(scope="module")
-def trained(served_model):
-    return served_model
-
-
-@pytest.fixture(scope="module")
-def digits(trained) -> list[bytes]:
+def digits(served_model) -> list[bytes]:
     """Ten real digit PNGs, one per class."""
-    raw = trained[0].path("raw_dir") / "digits"
+    raw = served_model[0].path("raw_dir") / "digits"
     return [sorted((raw / str(label)).glob("*.png"))[0].read_bytes() for label in range(10)]
 
 
 @pytest.fixture(scope="module")
-def saved_model(trained):
-    return tf.saved_model.load(str(trained[2]))
+def saved_model(served_model):
+    return tf.saved_model.load(str(served_model[2]))
 
 
 def settings_for(cfg, **overrides) -> ServeSettings:
@@ -70,9 +65,9 @@ def started(app) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def served(trained):
+def served(served_model):
     """The app serving the export, shared by the tests that do not change its settings."""
-    app = create_app(trained[2].parent, settings_for(trained[0]))
+    app = create_app(served_model[2].parent, settings_for(served_model[0]))
     with started(app) as client:
         yield app, client
 
@@ -123,7 +118,7 @@ def test_every_request_format_agrees_with_the_saved_model(served, saved_model, d
     np.testing.assert_allclose(direct["probabilities"].numpy(), probabilities, atol=1e-6)
 
 
-def test_status_and_metadata_have_tensorflow_servings_shape(served, trained):
+def test_status_and_metadata_have_tensorflow_servings_shape(served, served_model):
     _, client = served
     status = {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {
         "error_code": "OK", "error_message": ""}}]}
@@ -308,10 +303,10 @@ def test_metrics_count_requests_batches_and_warm_up(served, digits):
 
 # ----------------------------------------------------------------------------- settings
 
-def test_the_api_key_guards_every_endpoint_but_healthz_and_the_page(trained, digits,
+def test_the_api_key_guards_every_endpoint_but_healthz_and_the_page(served_model, digits,
                                                                     monkeypatch):
     monkeypatch.setenv("IMGCLS_API_KEY", "s3cret")
-    app = create_app(trained[2].parent, settings_for(trained[0]))
+    app = create_app(served_model[2].parent, settings_for(served_model[0]))
     with started(app) as client:
         body = {"instances": [b64(digits[3])]}
         assert client.get("/healthz").status_code == 200
@@ -329,11 +324,11 @@ def test_the_api_key_guards_every_endpoint_but_healthz_and_the_page(trained, dig
         assert client.post(PREDICT, json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
     monkeypatch.setenv("IMGCLS_API_KEY", " ")
     with pytest.raises(UserError, match="IMGCLS_API_KEY is set but empty"):
-        create_app(trained[2].parent, settings_for(trained[0]))
+        create_app(served_model[2].parent, settings_for(served_model[0]))
 
 
-def test_bodies_over_the_limit_are_refused_while_read(trained, digits):
-    app = create_app(trained[2].parent, settings_for(trained[0], max_request_mb=0.01))
+def test_bodies_over_the_limit_are_refused_while_read(served_model, digits):
+    app = create_app(served_model[2].parent, settings_for(served_model[0], max_request_mb=0.01))
     with started(app) as client:
         big = json.dumps({"instances": [b64(digits[0])] * 80}).encode()
         assert len(big) > 0.01 * 1024 * 1024
@@ -347,10 +342,10 @@ def test_bodies_over_the_limit_are_refused_while_read(trained, digits):
         assert small.status_code == 200, small.text
 
 
-def test_healthz_is_503_until_a_version_arrives(trained, digits, tmp_path):
+def test_healthz_is_503_until_a_version_arrives(served_model, digits, tmp_path):
     waiting = tmp_path / "exports" / NAME
     waiting.mkdir(parents=True)
-    app = create_app(waiting, settings_for(trained[0]))
+    app = create_app(waiting, settings_for(served_model[0]))
     with TestClient(app) as client:
         health = client.get("/healthz")
         assert health.status_code == 503 and health.headers["retry-after"] == "1"
@@ -359,20 +354,20 @@ def test_healthz_is_503_until_a_version_arrives(trained, digits, tmp_path):
         early = client.post(PREDICT, json={"instances": [b64(digits[5])]})
         assert early.status_code == 503 and "Servable not found" in early.json()["error"]
         staging = waiting / ".1.staging"
-        shutil.copytree(trained[2], staging)
+        shutil.copytree(served_model[2], staging)
         staging.rename(waiting / "1")
         assert app.state.manager.available.wait(60)
         assert client.get("/healthz").json() == {"status": "ready", "model": NAME, "version": 1}
         assert client.post(PREDICT, json={"instances": [b64(digits[5])]}).status_code == 200
 
 
-def test_a_version_that_fails_to_load_leaves_the_old_one_serving(trained, digits, tmp_path):
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving(served_model, digits, tmp_path):
     exports = tmp_path / NAME
-    shutil.copytree(trained[2], exports / "1")
-    app = create_app(exports, settings_for(trained[0]))
+    shutil.copytree(served_model[2], exports / "1")
+    app = create_app(exports, settings_for(served_model[0]))
     with started(app) as client:
         broken = exports / ".2.staging"
-        shutil.copytree(trained[2], broken)
+        shutil.copytree(served_model[2], broken)
         shutil.rmtree(broken / "variables")
         broken.rename(exports / "2")
         deadline = time.monotonic() + 30
@@ -385,13 +380,13 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(trained, digits
         assert statuses[0]["status"]["error_code"] == "UNKNOWN"
         assert statuses[0]["status"]["error_message"]
         assert client.post(PREDICT, json={"instances": [b64(digits[6])]}).status_code == 200
-    restarted = create_app(exports, settings_for(trained[0]))  # the newest one never loads
+    restarted = create_app(exports, settings_for(served_model[0]))  # the newest one never loads
     with started(restarted) as client:
         assert client.get("/healthz").json()["version"] == 1
 
 
-def test_a_model_folder_is_exported_unless_its_newest_export_is_of_it(trained, tmp_path):
-    cfg, folder, version = trained
+def test_a_model_folder_is_exported_unless_its_newest_export_is_of_it(served_model, tmp_path):
+    cfg, folder, version = served_model
     reused = resolve_target(folder, cfg.path("exports_dir"))
     assert reused.folder == version.parent and "version 1 is the export of" in reused.note
     exports = tmp_path / "exports"
@@ -420,12 +415,12 @@ def test_imgcls_serve_refuses_what_it_cannot_serve(tmp_path):
 # ----------------------------------------------------------------------------- a real server
 
 @pytest.fixture(scope="module")
-def live(trained, tmp_path_factory):
+def live(served_model, tmp_path_factory):
     """``imgcls serve`` in a subprocess (uvicorn on a free loopback port) on a copy of the
     export: ``(base url, export folder, stderr log file)``."""
     folder = tmp_path_factory.mktemp("live") / NAME
-    shutil.copytree(trained[2], folder / "1")
-    config = trained[0].root / CONFIG_RELATIVE_PATH
+    shutil.copytree(served_model[2], folder / "1")
+    config = served_model[0].root / CONFIG_RELATIVE_PATH
     with live_server(folder, config, folder.parent / "server.log", "serve.poll_seconds=0.2",
                      "serve.batch_timeout_ms=5") as server:
         yield server.url, folder, server.log

@@ -4,9 +4,6 @@ rows, resuming, and the tables the report is made of."""
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -18,18 +15,12 @@ from imgcls_utils.config import CONFIG_RELATIVE_PATH
 from imgcls_utils.sweep import (SweepError, parse_grid_option, run_id, sweep_from_file,
                                 sweep_from_options)
 from tests.conftest import REPO_ROOT
+from tests.test_cli import imgcls
 
 EXAMPLE = REPO_ROOT / "docs" / "example_sweep"
 QUICK = ["data.image_size=[16,16]", "train.epochs=1", "model.family=mlp", "model.dense_units=16",
          "train.min_steps_per_epoch=5", "train.verbose=0", "data.near_duplicate_distance=none",
          "train.classical_baselines=false"]
-
-
-def imgcls(*args, cwd):
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "imgcls_utils.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
-    return done, time.monotonic() - started
 
 
 def test_grid_values_are_read_as_yaml():
@@ -86,7 +77,7 @@ def test_a_bad_sweep_file_names_the_file_and_what_to_write(tmp_path, text, messa
 def test_a_typo_in_a_later_run_fails_before_any_run_starts(project):
     spec = project / "typo.yaml"
     spec.write_text("runs:\n" + "  - {train.epochs: 1}\n" * 4 + "  - {train.epocs: 1}\n")
-    done, seconds = imgcls("sweep", str(spec), cwd=project)
+    done, seconds = imgcls("sweep", str(spec), cwd=project, timeout=600)
     assert done.returncode == 2 and seconds < 10, done.stderr
     assert "unknown key 'train.epocs'" in done.stderr and "did you mean 'train.epochs'" in done.stderr
     assert "(run r05_epocs-1_seed-42)" in done.stderr and "Traceback" not in done.stderr
@@ -103,7 +94,7 @@ def swept(tmp_path_factory):
     (project / "notebooks").symlink_to(REPO_ROOT / "notebooks")
     command = ["sweep", "--name", "quick", "--grid", f"data.source=digits,{project / 'missing'}",
                "--seeds", "2", *[f"--set={option}" for option in QUICK]]
-    done, seconds = imgcls(*command, cwd=project)
+    done, seconds = imgcls(*command, cwd=project, timeout=600)
     folders = list((project / "runs").glob("quick_*"))
     assert len(folders) == 1, done.stdout + done.stderr
     return project, command, done, folders[0]
@@ -169,7 +160,7 @@ def test_running_the_same_sweep_again_skips_finished_runs(swept):
     project, command, _, folder = swept
     finished = sorted((folder / "r01_source-digits_seed-42").glob("*.ipynb"))
     modified = [path.stat().st_mtime_ns for path in finished]
-    done, _ = imgcls(*command, cwd=project)
+    done, _ = imgcls(*command, cwd=project, timeout=600)
     assert done.returncode == 3, done.stderr
     assert f"continuing sweep {folder}: 4 runs" in done.stdout
     assert "run 1/4 r01_source-digits_seed-42 finished before: test accuracy" in done.stdout
