@@ -6,7 +6,7 @@ READY  := $(VENV)/.ready
 # What the browser test of the web page and the nginx failover test run (Debian packages).
 SYSTEM_PACKAGES := chromium chromium-driver nginx
 
-.PHONY: demo test lab system-packages clean-generated
+.PHONY: demo test lab notebooks system-packages clean-generated
 
 demo: $(READY)  ## run the three notebooks on the embedded digits; print test accuracy
 	$(VENV)/bin/imgcls run
@@ -16,6 +16,17 @@ test: $(READY) system-packages  ## unit tests and nbval notebook tests
 
 lab: $(READY)   ## JupyterLab on the notebooks (JupyterLab refuses root without --allow-root)
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# The committed notebooks are executed: after changing one (or what it calls), re-execute them as
+# nbval runs them, in a scratch project on the embedded digits, and commit the outputs.
+NOTEBOOKS := Data_Exploration Data_Preprocessing Model_Training Experiments
+notebooks: $(READY)  ## re-execute the committed notebooks in place
+	scratch=$$(mktemp -d) && mkdir $$scratch/config && cp config/Hyperparameters.yaml $$scratch/config/ && \
+	for name in $(NOTEBOOKS); do \
+	  IMGCLS_CONFIG=$$scratch/config/Hyperparameters.yaml $(VENV)/bin/jupyter nbconvert --to notebook \
+	    --execute --inplace --ExecutePreprocessor.kernel_name=imgcls \
+	    --ExecutePreprocessor.timeout=1800 notebooks/$$name.ipynb || exit 1; \
+	done; rm -rf $$scratch
 
 $(READY): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)

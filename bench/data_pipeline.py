@@ -1,11 +1,11 @@
 """Data pipeline benchmark: four figures, each against a baseline measured in this run.
 
-1. throughput: images/s of imgcls' training split (``make_datasets`` on the prepared data,
+1. throughput: images/s of imgcls' training split (``make_datasets`` on the processed data,
    augmentation off, as the tutorial has none) vs the TensorFlow tutorial's pipeline as it
    writes it (``image_dataset_from_directory`` with ``validation_split``/``subset``, then
    ``cache().shuffle(1000).prefetch(AUTOTUNE)``): same files, same training-split size, same
    output size, batch and channels. Epoch 1 is charged with each side's one-time work from a
-   cold start (imgcls: ``prepare_data``, the scan and the shards, with no Processed_Data and no
+   cold start (imgcls: ``process_data``, the scan and the shards, with no Processed_Data and no
    scan cache; the tutorial: its file listing, and the decoding and cache fill of its first
    epoch); epoch 2 reads both caches. The rate with the default augmentation is shown too.
    Median of interleaved rounds, each side from a cold start in every round.
@@ -96,16 +96,16 @@ def subset(folder: Path, target: Path, every: int) -> Path:
     return target
 
 
-def config(source: Path, processed: Path, overrides: dict | None = None):
-    """The project's default config on ``source``, its Processed_Data in ``processed``."""
+def config(source: Path, processed_dir: Path, overrides: dict | None = None):
+    """The project's default config on ``source``, its Processed_Data in ``processed_dir``."""
     return load_config(REPO / CONFIG_RELATIVE_PATH, overrides={
         "data.source": str(source), "data.image_size": IMAGE_SIZE, "data.channels": CHANNELS,
-        "paths.processed_dir": str(processed), "train.batch_size": BATCH, **(overrides or {})})
+        "paths.processed_dir": str(processed_dir), "train.batch_size": BATCH, **(overrides or {})})
 
 
-def training_split(cfg, prepared):
+def training_split(cfg, processed):
     """The training dataset exactly as training reads it."""
-    return data_utils.make_datasets(cfg, prepared)["train"]
+    return data_utils.make_datasets(cfg, processed)["train"]
 
 
 # ----------------------------------------------------------------------------- 1. throughput
@@ -128,7 +128,7 @@ def epoch_rates(make_dataset, one_time_seconds: float = 0.0) -> list[float]:
 def tutorial_pipeline(folder: Path, images: int, train_images: int):
     """The "Load and preprocess images" tutorial's training dataset, as it writes it, holding
     ``train_images`` of the ``images`` files."""
-    from imgcls_utils.runtime import tf
+    from imgcls_utils.quiet_tensorflow import tf
 
     train_ds = tf.keras.utils.image_dataset_from_directory(
         folder, validation_split=(images - train_images + 0.5) / images, subset="training",
@@ -139,19 +139,19 @@ def tutorial_pipeline(folder: Path, images: int, train_images: int):
     return train_ds.cache().shuffle(1000).prefetch(buffer_size=AUTOTUNE)
 
 
-def imgcls_rates(folder: Path, processed: Path) -> tuple[int, list[float], list[float]]:
+def imgcls_rates(folder: Path, processed_dir: Path) -> tuple[int, list[float], list[float]]:
     """Training images, and images/s of epochs 1 and 2 of imgcls' training split without and
     with augmentation; epoch 1 of each is charged with preparing the data from nothing (no
     Processed_Data, no scan cache): the scan and the shards."""
     started = time.perf_counter()
-    cfg = config(folder, processed)
-    prepared = data_utils.prepare_data(cfg)
+    cfg = config(folder, processed_dir)
+    processed = data_utils.process_data(cfg)
     preparing = time.perf_counter() - started
-    assert not prepared.reused and data_utils.should_cache(prepared, cfg.data)
-    plain_cfg = config(folder, processed, {"augment.enabled": False})
-    plain = epoch_rates(lambda: training_split(plain_cfg, prepared), preparing)
-    augmented = epoch_rates(lambda: training_split(cfg, prepared), preparing)
-    return prepared.count("train"), plain, augmented
+    assert not processed.reused and data_utils.should_cache(processed, cfg.data)
+    plain_cfg = config(folder, processed_dir, {"augment.enabled": False})
+    plain = epoch_rates(lambda: training_split(plain_cfg, processed), preparing)
+    augmented = epoch_rates(lambda: training_split(cfg, processed), preparing)
+    return processed.count("train"), plain, augmented
 
 
 def throughput(folder: Path, images: int, work: Path, rounds: int) -> tuple[int, dict]:
@@ -184,28 +184,28 @@ def memory_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def memory_child(folder: Path, processed: Path, mode: str) -> None:
+def memory_child(folder: Path, processed_dir: Path, mode: str) -> None:
     """Preprocess ``folder`` and run one training epoch; print what ``memory_use`` reads."""
-    from imgcls_utils.runtime import tf  # noqa: F401  (the floor: TensorFlow loaded)
+    from imgcls_utils.quiet_tensorflow import tf  # noqa: F401  (the floor: TensorFlow loaded)
 
     floor = memory_mib("VmRSS")
-    cfg = config(folder, processed, {"data.image_size": MEMORY_IMAGE_SIZE, **MEMORY_MODES[mode]})
-    prepared = data_utils.prepare_data(cfg)
-    dataset = training_split(cfg, prepared)
+    cfg = config(folder, processed_dir, {"data.image_size": MEMORY_IMAGE_SIZE, **MEMORY_MODES[mode]})
+    processed = data_utils.process_data(cfg)
+    dataset = training_split(cfg, processed)
     for batch, _ in enumerate(dataset, start=1):
         if batch == (len(dataset) + 1) // 2:
             halfway = memory_mib("VmHWM")
     print(json.dumps({"peak": memory_mib("VmHWM"), "floor": floor, "halfway": halfway,
-                      "cached": data_utils.should_cache(prepared, cfg.data),
-                      "decoded": prepared.decoded_bytes() / 2**20}))
+                      "cached": data_utils.should_cache(processed, cfg.data),
+                      "decoded": processed.decoded_bytes() / 2**20}))
 
 
-def memory_use(folder: Path, processed: Path, mode: str) -> dict:
+def memory_use(folder: Path, processed_dir: Path, mode: str) -> dict:
     """Peak RSS (MiB) of a fresh process that preprocesses ``folder`` and runs one training
     epoch in ``mode``, and at the middle of the epoch; its RSS once TensorFlow is loaded;
     whether it cached; the decoded MiB."""
     done = subprocess.run([sys.executable, __file__, "--memory-child", str(folder),
-                           str(processed), mode], capture_output=True, text=True)
+                           str(processed_dir), mode], capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"the memory measurement ({mode}, {folder.name}) failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -213,20 +213,20 @@ def memory_use(folder: Path, processed: Path, mode: str) -> dict:
 
 # ----------------------------------------------------------------------------- 3. starvation
 
-def training_rates(folder: Path, processed: Path) -> tuple[str, dict[str, list[float]]]:
+def training_rates(folder: Path, processed_dir: Path) -> tuple[str, dict[str, list[float]]]:
     """The precision training uses here, and images/s of the default CNN's training epochs on
     the augmented training split fed by its pipeline and fed the same batches from memory,
     interleaved; first the copy in memory is filled (one pass of the pipeline, which fills its
     own cache too) and one epoch traces the training step."""
-    run = model_utils.TrainingRun(config(folder, processed))
-    run.prepare_data()
+    run = model_utils.TrainingRun(config(folder, processed_dir))
+    run.process_data()
     run.build_and_compile()
     pipeline = run.datasets["train"]
     in_memory = pipeline.cache()  # one epoch of augmented batches, kept as they are
     for _ in in_memory:
         pass
     feeds = {"pipeline": pipeline, "memory": in_memory}
-    images = run.prepared.count("train")
+    images = run.processed.count("train")
     run.model.fit(pipeline, epochs=1, verbose=0, shuffle=False)
     rates = {name: [] for name in feeds}
     for turn in range(TRAINING_ROUNDS):
@@ -302,7 +302,7 @@ def report_training(precision: str, rates: dict, delivery: float) -> None:
 
 
 def main(images: int) -> None:
-    from imgcls_utils.runtime import keras
+    from imgcls_utils.quiet_tensorflow import keras
 
     keras.config.disable_interactive_logging()  # the tutorial's "Using N files for training."
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as tmp:
@@ -337,7 +337,7 @@ if __name__ == "__main__":
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        folder, processed, mode = args.memory_child
-        memory_child(Path(folder), Path(processed), mode)
+        folder, processed_dir, mode = args.memory_child
+        memory_child(Path(folder), Path(processed_dir), mode)
     else:
         main(args.images)

@@ -33,11 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.serving import (Server, load, load_arguments, percentile,  # noqa: E402
-                           predict_body, train_and_export)
-from imgcls_utils.deployment import (DEPLOYMENT_RELATIVE_PATH,  # noqa: E402
-                                     free_loopback_port, load_deployment, local_nginx,
-                                     nginx_conf, nginx_executable)
+from bench.serving import (Server, load, load_arguments, percentile, predict_body,  # noqa: E402
+                           train_and_export)
+from imgcls_utils.serving.deployment import DEPLOYMENT_RELATIVE_PATH  # noqa: E402
+from imgcls_utils.serving.deployment import (free_loopback_port, load_deployment, local_nginx,
+                                             nginx_conf, nginx_executable)
 
 CLIENTS = 16
 REQUESTS = 1000  # per setup and round

@@ -1,5 +1,5 @@
 """Near-duplicate benchmark: how far apart copies and distinct images are, by the two measures
-the scan uses (``imgcls_utils.duplicates``), measured in this run:
+the scan uses (``imgcls_utils.data.duplicates``), measured in this run:
 
 - the 256-bit perceptual hash (bits apart; ``data.near_duplicate_distance``, 12 by default);
 - for small images, the mean absolute difference of the 8 x 8 averages (gray levels of 255;
@@ -26,10 +26,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from imgcls_utils import duplicates  # noqa: E402
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
-from imgcls_utils.images import decode_thumbnail  # noqa: E402
-from imgcls_utils.scan import HASH_THUMBNAIL_SIDE  # noqa: E402
+from imgcls_utils.data import duplicates  # noqa: E402
+from imgcls_utils.data.images import decode_thumbnail  # noqa: E402
+from imgcls_utils.data.scan import HASH_THUMBNAIL_SIDE  # noqa: E402
 from tests.sample_files import photo  # noqa: E402
 
 FASHION_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")

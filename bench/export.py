@@ -48,7 +48,7 @@ def main() -> None:
               f"({run.hardware.precision})")
         started = time.perf_counter()
         exported = model_utils.export_model(run.model_folder, cfg.path("exports_dir"),
-                                            data_utils.prepare_data(cfg))
+                                            data_utils.process_data(cfg))
         print(f"exported in {time.perf_counter() - started:.0f} s (SavedModel, 3 TFLite "
               "variants, parity and table)")
         parity = exported.report["parity"]

@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -26,6 +25,7 @@ from data_pipeline import CLASSES, generate  # noqa: E402
 
 from imgcls_utils import data_utils, model_utils  # noqa: E402
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
+from imgcls_utils.serving.prediction import top_k  # noqa: E402
 
 IMAGES = 3000
 ROUNDS = 2
@@ -38,7 +38,7 @@ def one_at_a_time(model, class_names: list[str], settings: dict, files: list[Pat
         pixels = data_utils.load_image(path, tuple(settings["data"]["image_size"]),
                                        settings["data"]["channels"])
         probabilities = model.predict_on_batch(pixels[None].astype("float32"))[0]
-        [class_names[i] for i in np.argsort(probabilities)[::-1][:3]]
+        [class_names[i] for i in top_k(probabilities, 3)]
 
 
 def images_per_second(predict, files: list[Path]) -> float:

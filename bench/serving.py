@@ -195,7 +195,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as tmp:
         export = args.export.resolve() if args.export else train_and_export(Path(tmp))
-        from imgcls_utils.export import find_version
+        from imgcls_utils.serving.export import find_version
 
         version = find_version(export)
         digit, body = predict_body(Path(tmp))

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from imgcls_utils import data_utils, model_utils  # noqa: E402
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
-from imgcls_utils.runtime import keras, tf  # noqa: E402
+from imgcls_utils.quiet_tensorflow import keras, tf  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_DATA = {
@@ -124,7 +124,7 @@ def fashion(tmp: Path) -> None:
 def fashion_run(tmp: Path, seed: int) -> dict:
     cfg = project(tmp / "fashion", **FASHION_DATA, **FASHION_CNN, **{"data.seed": seed})
     started = time.perf_counter()
-    prepared = data_utils.prepare_data(cfg)
+    processed = data_utils.process_data(cfg)
     preparing = time.perf_counter() - started
     clock = EpochClock()
     metrics = model_utils.train(cfg, callbacks=[clock]).evaluation.metrics
@@ -134,12 +134,12 @@ def fashion_run(tmp: Path, seed: int) -> dict:
     reached = (f"epoch {clock.reached[0]}, {clock.reached[1] / 60:.1f} min" if clock.reached
                else "not reached")
     print(f"\n1. Fashion-MNIST, strong CNN, seed {seed} ({clock.parameters:,} parameters, "
-          f"{len(epochs)} epochs; train {prepared.count('train')} / val {prepared.count('val')} / "
-          f"official test {prepared.count('test')} images):\n"
+          f"{len(epochs)} epochs; train {processed.count('train')} / val {processed.count('val')} / "
+          f"official test {processed.count('test')} images):\n"
           f"   test accuracy {metrics['test_accuracy']:.4f} (macro F1 {metrics['macro_f1']:.4f}); "
           f"RBF SVM on {svm['train_images']} images {svm['test_accuracy']:.4f}\n"
           f"   training wall time {training / 60:.1f} min "
-          f"({prepared.count('train') * len(epochs) / training:,.0f} images/s), "
+          f"({processed.count('train') * len(epochs) / training:,.0f} images/s), "
           f"preparing the data {preparing:.0f} s\n"
           f"   validation accuracy >= {TARGET_ACCURACY}: {reached}", flush=True)
     return {"test_accuracy": metrics["test_accuracy"], "minutes": training / 60}
@@ -158,7 +158,7 @@ def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) ->
         "augmented": project(tmp / "augmented", **run),
     }
     cfg = configs["ours"]
-    arrays = {split: as_arrays(data_utils.make_dataset(data_utils.prepare_data(cfg), split, 256))
+    arrays = {split: as_arrays(data_utils.make_dataset(data_utils.process_data(cfg), split, 256))
               for split in ("train", "val")}
     times = {"plain": [], **{name: [] for name in configs}}
     for _ in range(rounds):  # interleaved, so drift in the machine's speed hits all alike
@@ -214,7 +214,7 @@ def plain_keras_epochs(cfg, arrays: dict) -> list[float]:
 
 
 def imgcls_epochs(cfg) -> list[float]:
-    """imgcls' way: ``imgcls train`` (prepared data reused; evaluation and saving not timed)."""
+    """imgcls' way: ``imgcls train`` (processed data reused; evaluation and saving not timed)."""
     clock = EpochClock()
     model_utils.train(cfg, callbacks=[clock])
     return clock.durations()

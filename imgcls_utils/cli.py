@@ -11,18 +11,19 @@ import errno
 import json
 import sys
 from datetime import datetime
-from pathlib import Path
-
 from importlib.metadata import version
+from pathlib import Path
 
 from .config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, Config, default_config_path,
                      find_project_root, load_config, parse_set_option)
-from .deployment import DEPLOYMENT_RELATIVE_PATH, load_deployment, write_deployment
 from .errors import UserError, warn
+from .serving.deployment import DEPLOYMENT_RELATIVE_PATH, load_deployment, write_deployment
 
 USER_ERROR = 2  # exit code: a bad config, data or model folder, told in one line
 PREDICTION_FAILED = 3  # exit code: imgcls predict classified some files, not all
 SWEEP_RUNS_FAILED = 3  # exit code: imgcls sweep finished, and some of its runs failed
+# Commands of earlier versions, and what they are now (one name for processed data).
+RENAMED_COMMANDS = {"prepare": ["process"], "processed": ["process", "--list"]}
 DESCRIPTION = ("imgcls: image classification with TensorFlow/Keras. Run the three notebooks "
                "with papermill, or each step on its own.")
 
@@ -46,22 +47,25 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def cmd_prepare(args) -> int:
-    from . import data_utils
-
-    prepared = data_utils.prepare_data(_config_from_args(args))
-    state = "reused (inputs unchanged)" if prepared.reused else "built"
-    print(f"processed data {state}: {prepared.folder}")
-    print(data_utils.split_sizes(prepared.images).to_string())
-    return 0
-
-
-def cmd_processed(args) -> int:
+def cmd_process(args) -> int:
+    """Build (or reuse) the processed data; with --list or --clean, manage its variants."""
     from . import data_utils
 
     cfg = _config_from_args(args)
+    if args.list or args.clean:
+        return _list_processed_variants(cfg, clean=args.clean)
+    processed = data_utils.process_data(cfg)
+    state = "reused (inputs unchanged)" if processed.reused else "built"
+    print(f"processed data {state}: {processed.folder}")
+    print(data_utils.split_sizes(processed.images).to_string())
+    return 0
+
+
+def _list_processed_variants(cfg: Config, clean: bool) -> int:
+    from . import data_utils
+
     processed_dir = cfg.path("processed_dir")
-    if args.clean:
+    if clean:
         for name in data_utils.remove_variants(processed_dir, data_utils.current_variant(cfg)):
             print(f"removed {processed_dir / name}")
     variants = data_utils.processed_variants(processed_dir)
@@ -80,7 +84,7 @@ def cmd_train(args) -> int:
     if not run.hardware.is_chief:
         print("training done; the chief worker evaluates and saves the model folder")
         return 0
-    from .baselines import comparison_line
+    from .training.baselines import comparison_line
 
     print(f"test accuracy: {run.evaluation.metrics['test_accuracy']:.4f}")
     print(f"model folder: {run.model_folder}")
@@ -90,7 +94,7 @@ def cmd_train(args) -> int:
 
 def cmd_cv(args) -> int:
     """k-fold cross-validation: every fold's config validated, then one model per fold."""
-    from .crossval import cross_validate, fold_configs
+    from .experiments.crossval import cross_validate, fold_configs
 
     configs = fold_configs(args.config, args.set or [], args.folds)
     folder = configs[0].path("runs_dir") / f"cv_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -114,7 +118,12 @@ def _resumed_run(args) -> tuple[Config, Path]:
 
 
 def cmd_predict(args) -> int:
-    predictions = _predictions(args.model, args.images, args.top_k)
+    from .serving.export import is_export
+    from .serving.prediction import predict
+
+    predictions = predict(args.model, args.images, args.top_k)
+    if args.model.suffix != ".tflite" and not is_export(args.model):
+        _note_left_out_classes(args.model)
     for prediction in predictions:
         print(f"{prediction.path}: {_guesses(prediction)}")
     return _exit_code(predictions)
@@ -122,7 +131,7 @@ def cmd_predict(args) -> int:
 
 def cmd_explain(args) -> int:
     """Top-k labels as predict gives them, and a heat map overlay PNG per image."""
-    from .interpret import explain_files
+    from .evaluation.interpret import explain_files
 
     explanations = explain_files(args.model_folder, args.images, args.out, args.top_k)
     _note_left_out_classes(args.model_folder)
@@ -147,25 +156,6 @@ def _exit_code(predictions: list) -> int:
     return PREDICTION_FAILED if failed else 0
 
 
-def _predictions(model: Path, images: list[Path], top_k: int) -> list:
-    """Top-k labels of the images by a model folder, an export or a ``.tflite`` file."""
-    from . import export
-    from .model_utils import predict_files
-    from .prediction import predict_files_with_export
-
-    if model.suffix == ".tflite":
-        from .tflite import load_tflite
-
-        return predict_files(*load_tflite(model), images, top_k)
-    if export.is_export(model):
-        return predict_files_with_export(export.find_version(model), images, top_k)
-    from .model_utils import load_model_folder
-
-    loaded = load_model_folder(model)
-    _note_left_out_classes(model)
-    return predict_files(*loaded, images, top_k)
-
-
 def _note_left_out_classes(model_folder: Path) -> None:
     from .model_utils import left_out_classes
 
@@ -178,12 +168,12 @@ def cmd_export(args) -> int:
     from .model_utils import export_model
 
     project = _config_from_args(args)
-    prepared = None
+    processed = None
     if not args.no_tflite:
-        from .data_utils import prepare_data
+        from .data_utils import process_data
 
-        prepared = prepare_data(_model_data_config(args))
-    exported = export_model(args.model_folder, project.path("exports_dir"), prepared)
+        processed = process_data(_model_data_config(args))
+    exported = export_model(args.model_folder, project.path("exports_dir"), processed)
     print(f"exported {exported.name} version {exported.version}: {exported.folder}")
     if exported.report:
         parity = exported.report["parity"]
@@ -198,7 +188,7 @@ def cmd_export(args) -> int:
 def _model_data_config(args) -> Config:
     """This project's config with the data settings a model folder was trained with: where its
     processed data is (rebuilt if it was deleted), in this project."""
-    from .model_folders import trained_config
+    from .training.model_folders import trained_config
 
     trained = trained_config(args.model_folder)
     data = {f"data.{key}": value for key, value in trained["data"].items()}
@@ -216,7 +206,8 @@ def cmd_serve(args) -> int:
     cfg = load_config(args.config, overrides=overrides)
     # TensorFlow's C++ warnings (one per undecodable upload) would break the JSON log lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .server import ServeSettings, serve
+    from .serving.run import serve
+    from .serving.settings import ServeSettings
 
     serve(args.target, ServeSettings.from_config(cfg))
     return 0
@@ -236,24 +227,17 @@ def cmd_deploy(args) -> int:
 
 def cmd_run(args) -> int:
     """Execute the three notebooks in order with papermill, then report where everything is."""
-    from .model_utils import unused_model_folder_name
-    from .notebook_runs import notebooks_folder, run_notebooks
+    from .experiments.notebook_runs import run_project
+    from .training.baselines import comparison_line
+    from .training.model_folders import METRICS_FILE
 
-    cfg = _config_from_args(args)
-    notebooks = notebooks_folder(cfg.root)
     overrides = dict(parse_set_option(option) for option in args.set or [])
-    run_dir = cfg.path("runs_dir") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
-    model_dir = unused_model_folder_name(cfg)
-    run_notebooks(notebooks, run_dir, _config_path(args), overrides, model_dir, cell_lines=True)
-    metrics = json.loads((model_dir / "metrics.json").read_text())
+    run_dir, model_dir = run_project(_config_from_args(args), _config_path(args), overrides)
+    metrics = json.loads((model_dir / METRICS_FILE).read_text())
     print(f"\ntest accuracy: {metrics['test_accuracy']:.4f} "
           f"(test loss {metrics['test_loss']:.4f}, {metrics['test_images']} test images)")
     print(f"executed notebooks: {run_dir}")
     print(f"model folder:       {model_dir}")
-    from .baselines import comparison_line
-
     print(comparison_line(metrics))
     return 0
 
@@ -261,18 +245,17 @@ def cmd_run(args) -> int:
 def cmd_sweep(args) -> int:
     """Validate every run of a sweep, run the unfinished ones through the notebooks, then write
     the results tables and the Experiments report into the sweep folder."""
-    from .sweep import sweep_folder, validate_sweep
+    from .experiments.notebook_runs import notebooks_folder, run_sweep_through_notebooks
+    from .experiments.sweep import sweep_folder, validate_sweep
 
     project = _config_from_args(args)
     sweep = _sweep_from_args(args, project.data.seed)
     validate_sweep(sweep, _config_path(args))
-    from .notebook_runs import notebooks_folder
-
     notebooks = notebooks_folder(project.root)
     folder, resumed = sweep_folder(sweep, project.path("runs_dir"), new=args.new)
     print(f"{'continuing' if resumed else 'new'} sweep {folder}: {len(sweep.runs)} runs",
           flush=True)
-    results = _run_sweep(sweep, folder, notebooks, _config_path(args))
+    results = run_sweep_through_notebooks(sweep, folder, notebooks, _config_path(args))
     failed = [result["run"] for result in results if result["status"] != "ok"]
     print(f"\nresults: {folder / 'results.md'}")
     if (folder / "Experiments.ipynb").is_file():
@@ -285,7 +268,7 @@ def cmd_sweep(args) -> int:
 
 
 def _sweep_from_args(args, base_seed: int):
-    from .sweep import SweepError, sweep_from_file, sweep_from_options
+    from .experiments.sweep import SweepError, sweep_from_file, sweep_from_options
 
     if bool(args.spec) == bool(args.grid):
         raise SweepError("imgcls sweep takes a sweep file or --grid options, not both and not "
@@ -293,29 +276,6 @@ def _sweep_from_args(args, base_seed: int):
     if args.spec:
         return sweep_from_file(Path(args.spec), args.name, args.seeds, args.set, base_seed)
     return sweep_from_options(args.grid, args.name, args.seeds, args.set, base_seed)
-
-
-def _run_sweep(sweep, folder: Path, notebooks: Path, config_path: str) -> list[dict]:
-    """Every run through the notebooks, then the tables and the executed report."""
-    from .model_utils import unused_model_folder_name
-    from .notebook_runs import execute, run_notebooks
-    from .sweep import REPORT_NOTEBOOK, run_sweep
-    from .sweep_report import results_table, write_tables
-
-    def run(run_dir: Path, overrides: dict, model_dir: Path) -> None:
-        load_config(config_path, overrides=overrides).save(run_dir / "config.yaml")
-        # A sweep compares settings: exporting every run would only cost time and disk.
-        run_notebooks(notebooks, run_dir, config_path, overrides, model_dir, export=False)
-
-    def model_dir(overrides: dict) -> Path:
-        return unused_model_folder_name(load_config(config_path, overrides=overrides))
-
-    results = run_sweep(sweep, folder, run, model_dir)
-    write_tables(folder, results_table(results, sweep.keys), sweep.keys)
-    if any(result["status"] == "ok" for result in results):
-        execute(notebooks / f"{REPORT_NOTEBOOK}.ipynb", folder / f"{REPORT_NOTEBOOK}.ipynb",
-                {"config_path": config_path, "sweep_dir": str(folder)})
-    return results
 
 
 def _config_path(args) -> str:
@@ -355,18 +315,19 @@ def _parser() -> argparse.ArgumentParser:
                        "(default: the file's name:, or sweep)")
     sweep.add_argument("--new", action="store_true", help="start a new sweep folder instead of "
                        "continuing the newest one with the same name and runs")
-    command("prepare", cmd_prepare, "scan, split and preprocess the data source")
-    train = command("train", cmd_train, "prepare, train, evaluate and save a model folder")
+    process = command("process", cmd_process, "scan, split and preprocess the data source into "
+                      "paths.processed_dir (reused while the inputs and settings are unchanged)")
+    process.add_argument("--list", action="store_true", help="list the processed variants (one "
+                         "per source and settings), most recently used first, instead")
+    process.add_argument("--clean", action="store_true", help="delete every processed variant "
+                         "but the one the config uses, then list them")
+    train = command("train", cmd_train, "process the data, train, evaluate and save a model folder")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its "
                        "last finished epoch: its .resumable folder or its name in models_dir")
     cv = command("cv", cmd_cv, "k-fold cross-validation: one model per fold of data.folds, "
                  "each validating on its fold; per-fold and mean +- std scores, and the k "
                  "models' averaged probabilities evaluated on the untouched test split")
     cv.add_argument("--folds", type=int, help="the number of folds (default: data.folds)")
-    processed = command("processed", cmd_processed, "list the processed variants of the data "
-                        "(one per source and settings), most recently used first")
-    processed.add_argument("--clean", action="store_true", help="first delete every variant "
-                           "but the one the config uses")
     command("scan", cmd_scan, "report usable and skipped files, class imbalance and "
             "duplicates of the data source")
     command("config", cmd_config, "print the merged, validated config")
@@ -410,7 +371,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_renamed_command(sys.argv[1:] if argv is None else argv))
     try:
         return args.handler(args)
     except UserError as error:
@@ -423,6 +384,15 @@ def main(argv: list[str] | None = None) -> int:
               "again: what was finished is kept (an interrupted training run resumes with "
               "--resume)", file=sys.stderr)
         return USER_ERROR
+
+
+def _renamed_command(argv: list[str]) -> list[str]:
+    """The arguments with a command's old name replaced by its new one, saying so."""
+    if argv and argv[0] in RENAMED_COMMANDS:
+        new = RENAMED_COMMANDS[argv[0]]
+        warn(f"imgcls {argv[0]} is now imgcls {' '.join(new)}")
+        return [*new, *argv[1:]]
+    return argv
 
 
 if __name__ == "__main__":

@@ -1,32 +1,41 @@
 """Data, in one import: source -> Raw_Data -> scan -> split -> Processed_Data -> tf.data.
 
-Each stage has its own module; this one gathers the names that notebooks, the command line and
-the benchmarks use, so they need a single ``from imgcls_utils import data_utils``:
-
-- ``sources``: what ``data.source`` names becomes a folder of class folders
-- ``scan`` (and ``duplicates``): every file used or skipped with a reason, copies grouped
-- ``classes``: which class folders are trained, and why the others are not
-- ``split``: the stratified, seeded train/val/test split that keeps copies together
-- ``processed``: the split decoded once into shards in Processed_Data
-- ``input_pipeline``: the shards as tf.data datasets, and the training augmentation
-- ``images``: decoding any image file the same way everywhere
+The names the data notebooks, the command line and users call, gathered from the ``data/``
+stage (and its figures from ``evaluation.plots``), so they need a single
+``from imgcls_utils import data_utils``. Each lives in its stage's module (see ``data``).
 """
 
-from .classes import class_status, trainable_classes
+import warnings
+
+from .data.images import load_image
+from .data.input_pipeline import build_augmentation, make_dataset, make_datasets, should_cache
+from .data.processed import current_variant, process_data, processed_variants, remove_variants
+from .data.scan import scan_image_folder, scan_source
+from .data.scan_report import (class_counts, image_size_summary, load_samples, pixel_statistics,
+                               scan_report)
+from .data.sources import resolve_source
+from .data.split import SPLITS, groups_across_splits, split_sizes
+from .data.trained_classes import class_status, trainable_classes
 from .errors import DataError
-from .images import load_image
-from .input_pipeline import build_augmentation, make_dataset, make_datasets, should_cache
-from .processed import current_variant, prepare_data, processed_variants, remove_variants
-from .scan import (class_counts, image_size_summary, load_samples, pixel_statistics,
-                   scan_image_folder, scan_report, scan_source)
-from .sources import resolve_source
-from .split import SPLITS, groups_across_splits, split_sizes
+from .evaluation.plots import (plot_augmentation_preview, plot_class_counts, plot_duplicate_groups,
+                               plot_image_grid)
 
 __all__ = [
     "DataError", "SPLITS", "build_augmentation", "class_counts", "class_status", "current_variant",
     "groups_across_splits", "image_size_summary", "load_image", "load_samples", "make_dataset",
-    "make_datasets", "pixel_statistics", "prepare_data", "processed_variants",
-    "remove_variants", "resolve_source",
-    "scan_image_folder", "scan_report", "scan_source", "should_cache", "split_sizes",
-    "trainable_classes",
+    "make_datasets", "pixel_statistics", "plot_augmentation_preview", "plot_class_counts",
+    "plot_duplicate_groups", "plot_image_grid", "process_data", "processed_variants",
+    "remove_variants", "resolve_source", "scan_image_folder", "scan_report", "scan_source",
+    "should_cache", "split_sizes", "trainable_classes",
 ]
+
+# Names of earlier versions (notebooks written for them keep working, with a warning).
+RENAMED = {"prepare_data": "process_data"}
+
+
+def __getattr__(name: str):
+    if name in RENAMED:
+        warnings.warn(f"data_utils.{name} is now data_utils.{RENAMED[name]}", FutureWarning,
+                      stacklevel=2)
+        return globals()[RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

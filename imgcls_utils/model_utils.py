@@ -1,32 +1,33 @@
-"""Models, in one import: the training recipe, and the pieces it is made of.
+"""Models, in one import: train, evaluate, look inside, save, predict, export.
 
-Each stage has its own module; this one gathers the names that notebooks, the command line and
-the benchmarks use, so they need a single ``from imgcls_utils import model_utils``:
-
-- ``recipe``: ``TrainingRun``, the named steps from hardware choice to a saved model folder
-- ``hardware``: distribution strategy, mixed precision, XLA
-- ``models``: the network for ``model.family`` (mlp, cnn, transfer)
-- ``training``: optimizer, schedule, loss, callbacks, the resumable fit loop
-- ``checkpoints``: the per-epoch state that makes a run resumable
-- ``model_folders``: the ``.resumable`` run folder, saving, loading with integrity checks
-- ``prediction``: top-k labels for new image files
-- ``export``: the model for TensorFlow Serving and TensorFlow Lite
+The names the Model_Training notebook, the command line and users call, gathered from the
+``training/``, ``evaluation/`` and ``serving/`` stages, so they need a single
+``from imgcls_utils import model_utils``. ``TrainingRun`` is the recipe one step per cell;
+each name lives in its stage's module (see those subpackages).
 """
 
-from .export import export_model
-from .hardware import HardwareError, choose_hardware
-from .model_folders import (ModelFolderError, find_unfinished_run, left_out_classes,
-                            load_model_folder, new_run_folder, run_config, saved_files,
-                            unused_model_folder_name)
-from .models import ModelConfigError, build_model, count_parameters
-from .prediction import predict_files
-from .recipe import TrainingRun, train
-from .training import TrainingDiverged, compile_model, set_seed, train_model
+from .evaluation.calibration import reliability_bins
+from .evaluation.interpret import explain_examples
+from .evaluation.metrics import correct_examples, most_confused, per_class_report, top_losses
+from .evaluation.plots import (plot_confusion_matrix, plot_explanations, plot_reliability_diagram,
+                               plot_top_losses, plot_training_curves)
+from .serving.export import export_model
+from .serving.prediction import predict_files
+from .training.baselines import comparison_table
+from .training.hardware import HardwareError, choose_hardware
+from .training.loop import TrainingDiverged, compile_model, set_seed, train_model
+from .training.model_folders import (ModelFolderError, find_unfinished_run, left_out_classes,
+                                     load_model_folder, new_run_folder, run_config, saved_files,
+                                     unused_model_folder_name)
+from .training.models import ModelConfigError, build_model, count_parameters
+from .training.recipe import TrainingRun, train
 
 __all__ = [
     "HardwareError", "ModelConfigError", "ModelFolderError", "TrainingDiverged", "TrainingRun",
-    "build_model", "choose_hardware", "compile_model", "count_parameters", "export_model",
-    "find_unfinished_run",
-    "left_out_classes", "load_model_folder", "new_run_folder", "predict_files", "run_config", "saved_files",
-    "set_seed", "train", "train_model", "unused_model_folder_name",
+    "build_model", "choose_hardware", "comparison_table", "compile_model", "correct_examples",
+    "count_parameters", "explain_examples", "export_model", "find_unfinished_run",
+    "left_out_classes", "load_model_folder", "most_confused", "new_run_folder",
+    "per_class_report", "plot_confusion_matrix", "plot_explanations", "plot_reliability_diagram",
+    "plot_top_losses", "plot_training_curves", "predict_files", "reliability_bins", "run_config",
+    "saved_files", "set_seed", "top_losses", "train", "train_model", "unused_model_folder_name",
 ]

@@ -25,17 +25,18 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(export: Path, config: Path, log: Path,
-                *set_options: str) -> Iterator[LiveServer]:
+def live_server(export: Path, config: Path, log: Path, *set_options: str,
+                imgcls: tuple[str, ...] = (sys.executable, "-m", "imgcls_utils.cli"),
+                cwd: Path = REPO_ROOT, env: dict | None = None) -> Iterator[LiveServer]:
     """``imgcls serve export --config config --set ...`` until the block ends, once /healthz
-    answers 200; its stderr (one JSON line per request) goes to ``log``."""
-    command = [sys.executable, "-m", "imgcls_utils.cli", "serve", str(export), "--port", "0",
-               "--config", str(config)]
+    answers 200; its stderr (one JSON line per request) goes to ``log``. ``imgcls``: the
+    command that runs imgcls (default: this project's, in this Python)."""
+    command = [*imgcls, "serve", str(export), "--port", "0", "--config", str(config)]
     for option in set_options:
         command += ["--set", option]
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   cwd=REPO_ROOT)
+                                   cwd=cwd, env=env)
     try:
         line = process.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+", line)

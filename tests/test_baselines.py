@@ -2,18 +2,19 @@ import shutil
 
 import pytest
 
-from imgcls_utils import baselines, data_utils
+from imgcls_utils import data_utils, model_utils
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
+from imgcls_utils.training import baselines
 from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """The embedded digits, prepared with the default config."""
+    """The embedded digits, processed with the default config."""
     root = tmp_path_factory.mktemp("project")
     (root / "config").mkdir()
     shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, root / CONFIG_RELATIVE_PATH)
-    return data_utils.prepare_data(load_config(root / CONFIG_RELATIVE_PATH))
+    return data_utils.process_data(load_config(root / CONFIG_RELATIVE_PATH))
 
 
 def test_the_baselines_learn_the_digits_on_the_same_split(digits):
@@ -41,7 +42,7 @@ def test_the_comparison_names_the_best_baseline():
     assert baselines.comparison_line(metrics) == (
         "network 0.9910 (macro F1 0.9900) vs best classical baseline 0.9870 "
         "(macro F1 0.9860, rbf_svm)")
-    assert baselines.comparison_table(metrics).index.tolist() == [
+    assert model_utils.comparison_table(metrics).index.tolist() == [
         "network", "logistic_regression", "rbf_svm"]
     assert baselines.comparison_line({"test_accuracy": 0.5, "macro_f1": 0.4}) == (
         "network 0.5000 (macro F1 0.4000)")

@@ -7,10 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from imgcls_utils import calibration, model_utils
+from imgcls_utils import model_utils
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
+from imgcls_utils.evaluation import calibration
 from imgcls_utils.model_utils import ModelFolderError
-from imgcls_utils.runtime import tf
+from imgcls_utils.quiet_tensorflow import tf
 from tests.conftest import REPO_ROOT
 from tests.test_cli import imgcls
 
@@ -33,7 +34,7 @@ def test_ece_is_near_zero_for_calibrated_probabilities_and_high_for_confident_mi
 
 def test_reliability_bins_count_every_image_in_the_bin_of_its_top_probability():
     probabilities = np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8], [0.95, 0.05]])
-    bins = calibration.reliability_bins(np.array([0, 0, 0, 0]), probabilities, bins=10)
+    bins = model_utils.reliability_bins(np.array([0, 0, 0, 0]), probabilities, bins=10)
     assert bins.to_dict("records") == [
         {"lower": 0.4, "upper": 0.5, "count": 1, "confidence": 0.5, "accuracy": 1.0},
         {"lower": 0.7, "upper": 0.8, "count": 1, "confidence": 0.8, "accuracy": 0.0},
@@ -99,7 +100,7 @@ def test_the_model_folder_keeps_the_calibration_and_predicts_calibrated_probabil
     folder = run.model_folder
     saved = json.loads((folder / "calibration.json").read_text())
     assert saved["temperature"] == run.evaluation.temperature
-    assert sum(row["count"] for row in saved["test_bins_after"]) == run.prepared.count("test")
+    assert sum(row["count"] for row in saved["test_bins_after"]) == run.processed.count("test")
     assert "calibration.json" in json.loads((folder / "manifest.json").read_text())["files"]
     assert (folder / "figures" / "reliability_diagram.png").is_file()
     np.testing.assert_allclose(predicted_probabilities(folder, run),
@@ -112,8 +113,8 @@ def test_imgcls_predict_prints_the_calibrated_probabilities(over_confident):
     calibrated = run.evaluation.calibrated_probabilities.max(1)
     softened = np.argsort(calibrated - raw)[:5]  # the images temperature scaling softens most
     assert (raw[softened] - calibrated[softened] > 0.01).all()
-    test_paths = run.prepared.paths("test")
-    paths = [run.prepared.image_folder / test_paths[i] for i in softened]
+    test_paths = run.processed.paths("test")
+    paths = [run.processed.image_folder / test_paths[i] for i in softened]
     done, _ = imgcls("predict", str(run.model_folder), *map(str, paths), "--top-k", "1")
     assert done.returncode == 0, done.stderr
     printed = [float(line.split()[-1]) for line in done.stdout.splitlines()]
@@ -142,7 +143,7 @@ def test_the_export_bakes_the_temperature_into_every_signature(over_confident):
     version = model_utils.export_model(run.model_folder, cfg.path("exports_dir"))
     assert version.info["temperature"] == run.evaluation.temperature
     exported = tf.saved_model.load(str(version.folder))
-    paths = [run.prepared.image_folder / path for path in run.prepared.paths("test")]
+    paths = [run.processed.image_folder / path for path in run.processed.paths("test")]
     from_bytes = exported.signatures["serving_default"](
         images=tf.constant([path.read_bytes() for path in paths]))["probabilities"].numpy()
     expected = run.evaluation.calibrated_probabilities
@@ -155,7 +156,7 @@ def test_the_export_bakes_the_temperature_into_every_signature(over_confident):
 def predicted_probabilities(folder, run) -> np.ndarray:
     """What ``predict_files`` gives for the test images with the model folder, as a matrix."""
     model, class_names, config = model_utils.load_model_folder(folder)
-    paths = [run.prepared.image_folder / path for path in run.prepared.paths("test")]
+    paths = [run.processed.image_folder / path for path in run.processed.paths("test")]
     predictions = model_utils.predict_files(model, class_names, config, paths,
                                             top_k=len(class_names))
     return np.array([[dict(p.top)[name] for name in class_names] for p in predictions])

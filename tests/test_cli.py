@@ -100,3 +100,10 @@ def test_a_failing_notebook_is_one_clear_line_and_the_notebook_to_open(project, 
     assert "  cell 1 of " in done.stdout and "\r" not in done.stdout  # a plain line per cell
     executed = second.removeprefix("the partly executed notebook: ")
     assert executed.endswith("1_Data_Exploration.ipynb") and (project / executed).is_file()
+
+
+def test_the_old_processed_data_commands_still_work_and_name_the_new_one(project):
+    done, _ = imgcls("processed", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert "imgcls processed is now imgcls process --list" in done.stderr
+    assert f"no processed data in {project / 'data' / 'Processed_Data'}" in done.stdout

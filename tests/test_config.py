@@ -3,9 +3,9 @@ import re
 import pytest
 import yaml
 
-from imgcls_utils.config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, MOVED,
-                                 NOTEBOOK_PARAMETERS, RULES, ConfigError, find_project_root,
-                                 load_config, notebook_config, parse_set_option)
+from imgcls_utils.config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, ConfigError,
+                                 find_project_root, load_config, notebook_config, parse_set_option)
+from imgcls_utils.config_rules import MOVED, NOTEBOOK_PARAMETERS, RULES
 from tests.conftest import REPO_ROOT
 
 YAML_PATH = REPO_ROOT / CONFIG_RELATIVE_PATH

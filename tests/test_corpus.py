@@ -28,6 +28,7 @@ def test_scan_and_run_on_a_corpus_of_every_case(project, tmp_path):
     run, _ = imgcls("run", *settings, "--set", "train.epochs=1",
                     "--set", "data.image_size=[16,16]", cwd=project)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "\n    epoch 1/1 (train): loss " in run.stdout  # echoed from the training cell
     folder = Path(run.stdout.split("model folder:")[1].split()[0])
     model, class_names, _ = load_model_folder(folder)
     assert class_names == ["cat", "dog", "fox", "lonely"]

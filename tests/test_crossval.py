@@ -9,7 +9,7 @@ import pytest
 
 from imgcls_utils import model_utils
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, ConfigError
-from imgcls_utils.crossval import cross_validate, fold_configs
+from imgcls_utils.experiments.crossval import cross_validate, fold_configs
 from tests.conftest import REPO_ROOT
 from tests.test_cli import imgcls
 

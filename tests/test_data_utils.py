@@ -19,16 +19,16 @@ def small(class_folder, **overrides) -> dict:
 def test_prepare_builds_then_reuses_then_rebuilds_on_change(class_folder, make_config):
     cfg = make_config(**small(class_folder))
     before = tree_hashes(class_folder)
-    first = data_utils.prepare_data(cfg)
+    first = data_utils.process_data(cfg)
     assert not first.reused and first.input_shape == (16, 16, 1)
     assert sum(first.count(s) for s in data_utils.SPLITS) == 30
-    assert data_utils.prepare_data(cfg).reused
+    assert data_utils.process_data(cfg).reused
     assert tree_hashes(class_folder) == before
     write_image(class_folder / "dog" / "0.png", seed=999)
-    assert not data_utils.prepare_data(cfg).reused
+    assert not data_utils.process_data(cfg).reused
     write_image(class_folder / "dog" / "new.png", seed=998)
-    assert not data_utils.prepare_data(cfg).reused
-    rebuilt = data_utils.prepare_data(make_config(**small(class_folder, **{
+    assert not data_utils.process_data(cfg).reused
+    rebuilt = data_utils.process_data(make_config(**small(class_folder, **{
         "data.image_size": [20, 20]})))
     assert not rebuilt.reused and rebuilt.input_shape == (20, 20, 1)
     visible = sorted(p.name for p in rebuilt.folder.parent.iterdir() if p.name[0] != ".")
@@ -40,8 +40,8 @@ def test_alternating_settings_reuse_each_variant_and_others_can_be_cleaned(class
                                                                           make_config):
     sizes = [make_config(**small(class_folder, **{"data.image_size": [side, side]}))
              for side in (16, 20)]
-    built = [data_utils.prepare_data(cfg) for cfg in sizes]
-    assert [data_utils.prepare_data(cfg).reused for cfg in [*sizes, *sizes]] == [True] * 4
+    built = [data_utils.process_data(cfg) for cfg in sizes]
+    assert [data_utils.process_data(cfg).reused for cfg in [*sizes, *sizes]] == [True] * 4
     processed_dir = sizes[0].path("processed_dir")
     listed = data_utils.processed_variants(processed_dir)
     assert listed["folder"].tolist() == [built[1].folder.name, built[0].folder.name]
@@ -55,7 +55,7 @@ def test_alternating_settings_reuse_each_variant_and_others_can_be_cleaned(class
 def test_damaged_processed_data_is_rebuilt_with_a_message(class_folder, make_config, capsys,
                                                           damage):
     cfg = make_config(**small(class_folder))
-    folder = data_utils.prepare_data(cfg).folder
+    folder = data_utils.process_data(cfg).folder
     shard, table = folder / "train-00000-of-00001.tfrecord", folder / "split.csv"
     if damage == "truncate a shard":
         shard.write_bytes(shard.read_bytes()[:-10])
@@ -65,9 +65,9 @@ def test_damaged_processed_data_is_rebuilt_with_a_message(class_folder, make_con
         header, first, *rest = table.read_text().splitlines()
         table.write_text("\n".join([header, first.replace("train", "test"), *rest]))
     capsys.readouterr()
-    again = data_utils.prepare_data(cfg)
+    again = data_utils.process_data(cfg)
     assert not again.reused and "is damaged" in capsys.readouterr().err
-    assert data_utils.prepare_data(cfg).reused
+    assert data_utils.process_data(cfg).reused
     labels = np.concatenate([y for _, y in data_utils.make_dataset(again, "train", 64)])
     assert len(labels) == again.count("train")
 
@@ -92,60 +92,60 @@ def test_two_processes_preparing_the_same_source_at_once_agree(project):
                                      {"data.seed": 5}, {"data.test_copies_in_train": "exclude"}])
 def test_settings_that_shape_the_output_rebuild_and_cache_settings_do_not(class_folder,
                                                                          make_config, setting):
-    data_utils.prepare_data(make_config(**small(class_folder)))
-    assert data_utils.prepare_data(make_config(**small(class_folder, **{
+    data_utils.process_data(make_config(**small(class_folder)))
+    assert data_utils.process_data(make_config(**small(class_folder, **{
         "data.cache": False, "data.cache_budget_mb": 1}))).reused
-    assert not data_utils.prepare_data(make_config(**small(class_folder, **setting))).reused
+    assert not data_utils.process_data(make_config(**small(class_folder, **setting))).reused
 
 
 def test_split_table_has_path_label_split_hash_group_and_fold(class_folder, make_config):
-    prepared = data_utils.prepare_data(make_config(**small(class_folder, **{"data.folds": 2})))
-    saved = pd.read_csv(prepared.folder / "split.csv")
+    processed = data_utils.process_data(make_config(**small(class_folder, **{"data.folds": 2})))
+    saved = pd.read_csv(processed.folder / "split.csv")
     assert {"path", "label", "split", "sha256", "group", "fold"} <= set(saved.columns)
     assert set(saved.loc[saved["split"] != "test", "fold"]) == {0, 1}
 
 
 def test_training_shards_mix_the_classes(class_folder, make_config):
-    prepared = data_utils.prepare_data(make_config(**small(class_folder)))
-    labels = np.concatenate([y.numpy() for _, y in data_utils.make_dataset(prepared, "train", 64)])
-    assert sorted(labels) == sorted(prepared.images.query("split == 'train'")["label"].map(
-        {name: i for i, name in enumerate(prepared.class_names)}))
+    processed = data_utils.process_data(make_config(**small(class_folder)))
+    labels = np.concatenate([y.numpy() for _, y in data_utils.make_dataset(processed, "train", 64)])
+    assert sorted(labels) == sorted(processed.images.query("split == 'train'")["label"].map(
+        {name: i for i, name in enumerate(processed.class_names)}))
     assert (np.diff(labels) != 0).sum() > 6  # sorted by class would change label only twice
 
 
 def test_evaluation_datasets_keep_the_split_table_order_across_shards(class_folder, make_config,
                                                                    monkeypatch):
-    monkeypatch.setattr("imgcls_utils.processed.SHARD_SIZE", 2)
-    prepared = data_utils.prepare_data(make_config(**small(class_folder, **{
+    monkeypatch.setattr("imgcls_utils.data.processed.SHARD_SIZE", 2)
+    processed = data_utils.process_data(make_config(**small(class_folder, **{
         "data.val_fraction": 0.3, "data.train_fraction": 0.55})))
-    assert len(prepared.shards("val")) > 2
-    index = {name: i for i, name in enumerate(prepared.class_names)}
+    assert len(processed.shards("val")) > 2
+    index = {name: i for i, name in enumerate(processed.class_names)}
     for split in data_utils.SPLITS:  # train too: its shards hold it shuffled
-        labels = np.concatenate([y for _, y in data_utils.make_dataset(prepared, split, 3)])
-        assert labels.tolist() == [index[p.split("/")[0]] for p in prepared.paths(split)]
+        labels = np.concatenate([y for _, y in data_utils.make_dataset(processed, split, 3)])
+        assert labels.tolist() == [index[p.split("/")[0]] for p in processed.paths(split)]
 
 
 def test_cache_auto_caches_what_fits_in_the_budget(class_folder, make_config):
-    prepared = data_utils.prepare_data(make_config(**small(class_folder)))
-    assert prepared.decoded_bytes() == 30 * 16 * 16
-    assert data_utils.should_cache(prepared, make_config(**{"data.cache_budget_mb": 1}).data)
-    assert not data_utils.should_cache(prepared, make_config(**{"data.cache_budget_mb": 0}).data)
-    assert not data_utils.should_cache(prepared, make_config(**{"data.cache": False}).data)
+    processed = data_utils.process_data(make_config(**small(class_folder)))
+    assert processed.decoded_bytes() == 30 * 16 * 16
+    assert data_utils.should_cache(processed, make_config(**{"data.cache_budget_mb": 1}).data)
+    assert not data_utils.should_cache(processed, make_config(**{"data.cache_budget_mb": 0}).data)
+    assert not data_utils.should_cache(processed, make_config(**{"data.cache": False}).data)
 
 
 def test_datasets_stream_all_images_and_augment_only_training(class_folder, make_config):
     cfg = make_config(**small(class_folder, **{"augment.rotation": 0.3}))
-    prepared = data_utils.prepare_data(cfg)
+    processed = data_utils.process_data(cfg)
     augmentation = data_utils.build_augmentation(cfg.augment, seed=1)
-    val = data_utils.make_dataset(prepared, "val", 4, augmentation=augmentation)
-    val_again = data_utils.make_dataset(prepared, "val", 4, cache=False)
+    val = data_utils.make_dataset(processed, "val", 4, augmentation=augmentation)
+    val_again = data_utils.make_dataset(processed, "val", 4, cache=False)
     for (a, la), (b, lb) in zip(val, val_again):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
         np.testing.assert_array_equal(la.numpy(), lb.numpy())
-    train = data_utils.make_dataset(prepared, "train", 4, training=True, augmentation=augmentation)
-    plain = data_utils.make_dataset(prepared, "train", 4)
+    train = data_utils.make_dataset(processed, "train", 4, training=True, augmentation=augmentation)
+    plain = data_utils.make_dataset(processed, "train", 4)
     images = np.concatenate([x.numpy() for x, _ in train])
-    assert images.shape == (prepared.count("train"), 16, 16, 1) and images.dtype == np.float32
+    assert images.shape == (processed.count("train"), 16, 16, 1) and images.dtype == np.float32
     assert images.min() >= 0 and images.max() <= 255
     assert sorted(np.concatenate([y.numpy() for _, y in train])) == \
         sorted(np.concatenate([y.numpy() for _, y in plain]))
@@ -164,7 +164,7 @@ def test_augmentation_follows_the_config(make_config):
 def test_missing_source_folder_is_a_clear_error(make_config):
     cfg = make_config(**{"data.source": "no_such_folder"})
     with pytest.raises(DataError, match="no_such_folder does not exist"):
-        data_utils.prepare_data(cfg)
+        data_utils.process_data(cfg)
 
 
 def test_a_messy_source_is_trained_on_and_left_exactly_as_it_was(tmp_path, make_config):
@@ -178,7 +178,7 @@ def test_a_messy_source_is_trained_on_and_left_exactly_as_it_was(tmp_path, make_
     assert set(scan.skipped["path"]) == set(expected_skips)
     run = model_utils.train(cfg)
     assert (run.model_folder / "model.keras").is_file()
-    assert run.evaluation.metrics["test_images"] == data_utils.prepare_data(cfg).count("test")
+    assert run.evaluation.metrics["test_images"] == data_utils.process_data(cfg).count("test")
     assert (tree_hashes(source), tree_hashes(outside)) == before
 
 
@@ -190,21 +190,21 @@ def test_a_full_disk_while_writing_shards_keeps_the_previous_processed_data(clas
                                                                            make_config,
                                                                            monkeypatch):
     cfg = make_config(**small(class_folder))
-    before = data_utils.prepare_data(cfg)
+    before = data_utils.process_data(cfg)
     kept = tree_hashes(before.folder)
     write_image(class_folder / "dog" / "new.png", seed=998)  # the next run must rebuild
-    monkeypatch.setattr("imgcls_utils.processed._example", disk_full)
+    monkeypatch.setattr("imgcls_utils.data.processed._example", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        data_utils.prepare_data(cfg)
+        data_utils.process_data(cfg)
     assert tree_hashes(before.folder) == kept
     assert not [p for p in before.folder.parent.iterdir() if p.name.endswith(".staging")]
     monkeypatch.undo()  # space freed
-    after = data_utils.prepare_data(cfg)
+    after = data_utils.process_data(cfg)
     assert not after.reused and after.count("train") + after.count("val") + after.count("test") == 31
 
 
 def test_a_full_disk_is_one_clear_line_on_the_command_line(class_folder, project):
-    script = ("import errno, sys; import imgcls_utils.processed as p; from imgcls_utils import cli\n"
+    script = ("import errno, sys; import imgcls_utils.data.processed as p; from imgcls_utils import cli\n"
               "def full(*a): raise OSError(errno.ENOSPC, 'No space left on device')\n"
               "p._example = full\n"
               f"sys.exit(cli.main(['prepare', '--set=data.source={class_folder}']))")
@@ -218,10 +218,10 @@ def test_a_small_training_split_is_passed_over_until_an_epoch_has_enough_steps(
         make_config, class_folder):
     cfg = make_config(**{"data.source": str(class_folder), "data.image_size": [8, 8],
                          "train.batch_size": 8, "train.min_steps_per_epoch": 12})
-    prepared = data_utils.prepare_data(cfg)
-    datasets = data_utils.make_datasets(cfg, prepared)
-    passes = -(-12 * 8 // prepared.count("train"))
-    assert len(datasets["train"]) == -(-passes * prepared.count("train") // 8) >= 12
+    processed = data_utils.process_data(cfg)
+    datasets = data_utils.make_datasets(cfg, processed)
+    passes = -(-12 * 8 // processed.count("train"))
+    assert len(datasets["train"]) == -(-passes * processed.count("train") // 8) >= 12
     labels = np.concatenate([labels for _, labels in datasets["train"]])
-    assert np.bincount(labels).tolist() == [passes * n for n in prepared.label_counts("train")]
-    assert len(datasets["val"]) == -(-prepared.count("val") // 8)  # evaluation: one pass
+    assert np.bincount(labels).tolist() == [passes * n for n in processed.label_counts("train")]
+    assert len(datasets["val"]) == -(-processed.count("val") // 8)  # evaluation: one pass

@@ -18,11 +18,12 @@ import pytest
 import yaml
 
 from imgcls_utils.cli import _parser, main
-from imgcls_utils.config import CONFIG_RELATIVE_PATH, RULES, ConfigError, load_config
-from imgcls_utils.deployment import (DEPLOYMENT_RELATIVE_PATH, DEPLOYMENT_RULES,
-                                     HEALTHCHECK_SCRIPT, compose_file, free_loopback_port,
-                                     load_deployment, local_nginx, nginx_conf, nginx_executable,
-                                     write_deployment)
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, ConfigError, load_config
+from imgcls_utils.config_rules import RULES
+from imgcls_utils.serving.deployment import (DEPLOYMENT_RELATIVE_PATH, DEPLOYMENT_RULES,
+                                             HEALTHCHECK_SCRIPT, compose_file, free_loopback_port,
+                                             load_deployment, local_nginx, nginx_conf,
+                                             nginx_executable, write_deployment)
 from tests.conftest import REPO_ROOT
 from tests.live_server import live_server
 
@@ -109,7 +110,7 @@ def test_imgcls_deploy_writes_both_files_and_a_bad_file_is_a_user_error(tmp_path
 
 @pytest.mark.parametrize("megabytes", [16, 0.3])
 def test_nginx_accepts_exactly_the_request_sizes_the_replicas_accept(megabytes):
-    from imgcls_utils.server import ServeSettings
+    from imgcls_utils.serving.settings import ServeSettings
 
     settings = load_deployment(SETTINGS_PATH)
     settings = replace(settings, serve=tuple((key, megabytes if key == "max_request_mb" else value)

@@ -3,8 +3,8 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from imgcls_utils import duplicates
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
+from imgcls_utils.data import duplicates
 from imgcls_utils.data_utils import scan_image_folder
 from tests.sample_files import write_copy, write_photo
 

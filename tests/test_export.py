@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from imgcls_utils import data_utils, model_utils
-from imgcls_utils.calibration import apply_temperature
 from imgcls_utils.cli import main
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
-from imgcls_utils.export import (ASSETS_EXTRA, EXPORT_INFO, WARMUP_FILE, ExportError,
-                                 find_version, float32_copy, split_arrays, versions)
-from imgcls_utils.prediction import graph_input_problem
-from imgcls_utils.runtime import keras, tf
-from imgcls_utils.serving_graph import decode_image
-from imgcls_utils.tflite import TfliteClassifier
+from imgcls_utils.evaluation.calibration import apply_temperature
+from imgcls_utils.quiet_tensorflow import keras, tf
+from imgcls_utils.serving.export import (ASSETS_EXTRA, EXPORT_INFO, WARMUP_FILE, ExportError,
+                                         find_version, float32_copy, split_arrays, versions)
+from imgcls_utils.serving.graph import decode_image
+from imgcls_utils.serving.prediction import graph_input_problem
+from imgcls_utils.serving.tflite import TfliteClassifier
 from tests.conftest import REPO_ROOT
 from tests.test_cli import imgcls
 from tests.test_preprocessing_parity import TARGET, write_every_mode
@@ -38,9 +38,9 @@ def exported(tmp_path_factory):
         "data.image_size": [16, 16], "train.epochs": 4, "train.verbose": 0,
         "train.classical_baselines": False})
     folder = model_utils.train(cfg).model_folder
-    prepared = data_utils.prepare_data(cfg)
-    version = model_utils.export_model(folder, cfg.path("exports_dir"), prepared)
-    return cfg, folder, prepared, version
+    processed = data_utils.process_data(cfg)
+    version = model_utils.export_model(folder, cfg.path("exports_dir"), processed)
+    return cfg, folder, processed, version
 
 
 def test_export_has_tensorflow_servings_layout_and_numbered_versions(exported):
@@ -127,8 +127,8 @@ def test_tflite_variants_are_smaller_and_as_accurate_in_litert(exported):
 
 
 def test_tflite_gives_the_probabilities_calibrated_by_the_model_folders_temperature(exported):
-    _, folder, prepared, version = exported
-    pixels = split_arrays(prepared, "test")[0][:32]
+    _, folder, processed, version = exported
+    pixels = split_arrays(processed, "test")[0][:32]
     trained = float32_copy(keras.saving.load_model(folder / "model.keras")).predict_on_batch(
         pixels)  # TensorFlow Lite computes in float32 whatever the training precision
     float32 = TfliteClassifier(version.folder / "tflite" / "float32.tflite")
@@ -139,8 +139,8 @@ def test_tflite_gives_the_probabilities_calibrated_by_the_model_folders_temperat
 
 def test_predict_takes_a_model_folder_an_export_or_a_tflite_file(exported, tmp_path, capsys):
     """``imgcls predict`` in this process (test_cli.py runs it from the shell)."""
-    _, folder, prepared, version = exported
-    images = [prepared.image_folder / path for path in prepared.paths("test")[:12]]
+    _, folder, processed, version = exported
+    images = [processed.image_folder / path for path in processed.paths("test")[:12]]
     (tmp_path / "notes.png").write_text("not an image")
     tops = {}
     for model in (folder, version.folder.parent, version.folder / "tflite" / "float32.tflite",
@@ -167,7 +167,7 @@ def test_exports_and_tflite_files_that_are_not_are_clear_errors(tmp_path, export
 
 def test_a_failed_export_leaves_no_version_behind(exported, monkeypatch):
     cfg, folder, _, version = exported
-    from imgcls_utils import export
+    from imgcls_utils.serving import export
 
     def disk_full(*args):
         raise OSError(28, "No space left on device")

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from imgcls_utils import data_utils, hardware, model_utils
+from imgcls_utils import data_utils, model_utils
 from imgcls_utils.model_utils import HardwareError
-from imgcls_utils.runtime import keras, tf
+from imgcls_utils.quiet_tensorflow import keras, tf
+from imgcls_utils.training import hardware
 
 ON_CPU = not tf.config.list_physical_devices("GPU")
 
@@ -86,8 +87,8 @@ def free_port() -> int:
 def test_two_workers_train_together_and_only_the_chief_saves(project, make_config, class_folder):
     settings = {"data.source": str(class_folder), "data.image_size": [16, 16],
                 "model.conv_filters": [8], "train.epochs": 2, "train.verbose": 0}
-    # Workers sharing a disk must find the data prepared (see the README's multi-machine part).
-    data_utils.prepare_data(make_config(**settings))
+    # Workers sharing a disk must find the data processed (see the README's multi-machine part).
+    data_utils.process_data(make_config(**settings))
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     workers = [subprocess.Popen(
         [sys.executable, "-m", "imgcls_utils.cli", "train",

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgcls_utils.data.images import decode_thumbnail
 from imgcls_utils.data_utils import load_image
-from imgcls_utils.images import decode_thumbnail
 from tests.sample_files import photo
 
 

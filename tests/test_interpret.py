@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls_utils import cli, evaluation, interpret, model_utils, plots
+from imgcls_utils import cli, model_utils
+from imgcls_utils.evaluation import interpret
 from tests.conftest import SERVED_RUN, write_image
 
 SIDE = 24
@@ -109,16 +110,16 @@ def test_explanation_figures_of_top_losses_and_correct_examples(tmp_path, make_c
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     truth = np.array([0, 1, 1, 1])
     data = {"image_size": [SIDE, SIDE], "channels": 1}
-    explained = interpret.explain_examples(model, evaluation.top_losses(
+    explained = model_utils.explain_examples(model, model_utils.top_losses(
         truth, probabilities, paths, ["black", "white"], count=1), tmp_path, data)
     assert explained.titles == ["black 0.60\ntrue white"]
-    fig = plots.plot_explanations(*explained, title="Top losses")
+    fig = model_utils.plot_explanations(*explained, title="Top losses")
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 1 and shown[0].images[0].get_array().shape == (SIDE, SIDE, 3)
     assert fig._suptitle.get_text() == "Top losses (gradcam)"
-    never_right = evaluation.correct_examples(truth, 1 - np.eye(2)[truth], paths,
+    never_right = model_utils.correct_examples(truth, 1 - np.eye(2)[truth], paths,
                                               ["black", "white"])
-    empty = plots.plot_explanations(*interpret.explain_examples(model, never_right, tmp_path, data),
+    empty = model_utils.plot_explanations(*model_utils.explain_examples(model, never_right, tmp_path, data),
                                     title="One correct example per class")
     assert empty._suptitle.get_text() == "One correct example per class (no images)"
     plt.close("all")

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from imgcls_utils import model_utils, models
-from imgcls_utils.config import RULES
+from imgcls_utils import model_utils
+from imgcls_utils.config_rules import RULES
 from imgcls_utils.model_utils import ModelConfigError
-from imgcls_utils.runtime import keras
+from imgcls_utils.quiet_tensorflow import keras
+from imgcls_utils.training import models
 
 SMALL = {"data.image_size": [16, 16], "model.conv_filters": [8], "model.dense_units": 16}
 # The smallest MobileNetV2 at its smallest input: builds in a second, trains in a few.

@@ -15,9 +15,10 @@ import pandas as pd
 import papermill
 import pytest
 
-from imgcls_utils.config import CONFIG_RELATIVE_PATH, NOTEBOOK_PARAMETERS, Section
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, Section
+from imgcls_utils.config_rules import NOTEBOOK_PARAMETERS
+from imgcls_utils.experiments.notebook_runs import kernel_name
 from imgcls_utils.model_utils import load_model_folder
-from imgcls_utils.notebook_runs import kernel_name
 from tests.conftest import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -38,13 +39,15 @@ def run_model_training(project: Path, output: Path, overrides: dict, model_dir: 
 
 def test_the_notebook_and_the_command_line_train_the_same_model(project, tmp_path):
     run = {"data.image_size": [16, 16], "model.family": "mlp", "model.dense_units": 64,
-           "train.epochs": 4, "train.verbose": 0, "hardware.deterministic": True}
+           "train.epochs": 4, "train.verbose": 2, "hardware.deterministic": True}
     from_notebook = project / "Trained_Models" / "from_notebook"
     run_model_training(project, tmp_path / "run.ipynb", run, from_notebook)
     done = subprocess.run([sys.executable, "-m", "imgcls_utils.cli", "train",
                            *[f"--set={key}={json.dumps(value)}" for key, value in run.items()]],
                           cwd=project, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("epoch ")] \
+        == [f"epoch {epoch}/4 (train)" for epoch in range(1, 5)]
     from_cli = Path(done.stdout.split("model folder: ")[1].split("\n")[0].strip())
     notebook, cli = (json.loads((folder / "metrics.json").read_text())
                      for folder in (from_notebook, from_cli))

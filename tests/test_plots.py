@@ -2,8 +2,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from imgcls_utils import plots
+from imgcls_utils import data_utils, model_utils
 from imgcls_utils.data_utils import scan_image_folder
+from imgcls_utils.evaluation import plots
 from tests.sample_files import write_copy, write_photo
 
 
@@ -15,7 +16,7 @@ def test_duplicate_groups_are_shown_side_by_side_one_row_per_group(tmp_path, mak
     write_copy(folder / "cat" / "0.png", folder / "dog" / "copy_of_cat.jpg", scale=1.5)
     write_copy(folder / "cat" / "1.png", folder / "cat" / "1_small.jpg", scale=0.7)
     scan = scan_image_folder(folder, make_config().data)
-    fig = plots.plot_duplicate_groups(scan.duplicates, scan.folder)
+    fig = data_utils.plot_duplicate_groups(scan.duplicates, scan.folder)
     assert isinstance(fig, Figure)
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 4 and fig.axes[0].get_subplotspec().get_geometry()[:2] == (2, 2)
@@ -26,17 +27,16 @@ def test_duplicate_groups_are_shown_side_by_side_one_row_per_group(tmp_path, mak
 
 def test_no_duplicates_is_a_figure_that_says_so(class_folder):
     scan = scan_image_folder(class_folder)
-    fig = plots.plot_duplicate_groups(scan.duplicates, scan.folder)
+    fig = data_utils.plot_duplicate_groups(scan.duplicates, scan.folder)
     assert fig.axes[0].texts[0].get_text() == "no duplicates found"
     plt.close("all")
 
 
 def test_top_losses_are_shown_with_predicted_and_true_class(class_folder):
-    from imgcls_utils import evaluation
     probabilities = np.array([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0.3, 0.3, 0.4]])
-    losses = evaluation.top_losses(np.array([0, 0, 2]), probabilities,
+    losses = model_utils.top_losses(np.array([0, 0, 2]), probabilities,
                                    ["cat/0.png", "cat/1.png", "fox/2.png"], ["cat", "dog", "fox"], 2)
-    fig = plots.plot_top_losses(losses, class_folder, (8, 8), 3, columns=4)
+    fig = model_utils.plot_top_losses(losses, class_folder, (8, 8), 3, columns=4)
     shown = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in shown] == ["dog 0.70\ntrue cat 0.10", "fox 0.40\ntrue fox 0.40"]
     assert shown[0].images[0].get_array().shape == (8, 8, 3)
@@ -49,7 +49,7 @@ def test_training_curves_have_whole_epochs_and_mark_the_best_one():
     history = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "accuracy": [0.5, 0.6, 0.7, 0.8, 0.9],
                             "val_accuracy": [0.4, 0.6, 0.7, 0.65, 0.6],
                             "loss": [1.0, 0.8, 0.6, 0.5, 0.4], "val_loss": [1.2, 0.9, 0.7, 0.8, 0.7]})
-    fig = plots.plot_training_curves(history)
+    fig = model_utils.plot_training_curves(history)
     fig.canvas.draw()
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
@@ -89,12 +89,12 @@ def test_runs_side_by_side_put_curves_above_confusion_matrices():
 
 
 def test_reliability_diagram_shows_bins_before_and_after_with_their_ece():
-    from imgcls_utils import calibration
+    from imgcls_utils.evaluation import calibration
     y_true = np.array([0, 0, 1, 1])
     sharp = np.array([[0.99, 0.01], [0.99, 0.01], [0.99, 0.01], [0.02, 0.98]])
-    before = calibration.reliability_bins(y_true, sharp)
-    after = calibration.reliability_bins(y_true, calibration.apply_temperature(sharp, 3.0))
-    fig = plots.plot_reliability_diagram(before, after.to_dict("records"))
+    before = model_utils.reliability_bins(y_true, sharp)
+    after = model_utils.reliability_bins(y_true, calibration.apply_temperature(sharp, 3.0))
+    fig = model_utils.plot_reliability_diagram(before, after.to_dict("records"))
     ax = fig.axes[0]
     assert [len(bars) for bars in ax.containers] == [len(before), len(after)]
     labels = [text.get_text() for text in ax.get_legend().get_texts()]

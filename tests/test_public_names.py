@@ -3,6 +3,7 @@ used by the notebooks, the command line, the benchmarks or the tests, and those 
 name one way, through the face, never through the module it lives in."""
 
 import ast
+import importlib.util
 import json
 
 import pytest
@@ -50,17 +51,31 @@ def test_public_names_are_reached_only_through_their_facade():
     detours = []
     for file, text in SOURCES.items():
         tree = ast.parse(text)
-        aliases = {alias.asname or alias.name: alias.name for node in ast.walk(tree)
-                   if isinstance(node, ast.ImportFrom) and node.module == "imgcls_utils"
-                   for alias in node.names}
+        modules = _imported_modules(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("imgcls_utils."):
-                module = node.module.split(".", 1)[1]
                 detours += [f"{file}: from {node.module} import {alias.name}"
-                            for alias in node.names
-                            if alias.name in PUBLIC and module not in FACADES]
+                            for alias in node.names if alias.name in PUBLIC
+                            and node.module.split(".", 1)[1] not in FACADES
+                            and not _is_module(f"{node.module}.{alias.name}")]
             elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                  and aliases.get(node.value.id, "facade") not in FACADES
-                  and node.value.id in aliases and node.attr in PUBLIC):
-                detours.append(f"{file}: {aliases[node.value.id]}.{node.attr}")
+                  and node.value.id in modules and node.attr in PUBLIC):
+                detours.append(f"{file}: {modules[node.value.id]}.{node.attr}")
     assert detours == []
+
+
+def _imported_modules(tree: ast.AST) -> dict[str, str]:
+    """``local name -> module`` for every module of the library (but the facades) that
+    ``tree`` imports with ``from imgcls_utils[.<package>] import <module>``."""
+    return {alias.asname or alias.name: f"{node.module}.{alias.name}"
+            for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("imgcls_utils")
+            for alias in node.names if alias.name not in FACADES
+            and _is_module(f"{node.module}.{alias.name}")}
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False

@@ -13,9 +13,8 @@ import pytest
 import yaml
 
 from imgcls_utils.cli import _parser, _sweep_from_args
-from imgcls_utils.config import (CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, load_config,
-                                 notebook_config)
-from imgcls_utils.sweep import validate_sweep
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, CONFIG_VARIABLE, load_config, notebook_config
+from imgcls_utils.experiments.sweep import validate_sweep
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()

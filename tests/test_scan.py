@@ -4,10 +4,10 @@ import shutil
 import pytest
 
 from imgcls_utils import data_utils
-from imgcls_utils import scan as scanning
-from imgcls_utils.data_utils import DataError
+from imgcls_utils.data import scan as scanning
+from imgcls_utils.data import scan_report
 from tests.conftest import write_image
-from tests.sample_files import make_messy_folder, write_png_claiming_size, write_photo
+from tests.sample_files import make_messy_folder, write_photo, write_png_claiming_size
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_every_format_mode_and_nesting_is_usable(messy):
 def test_animated_images_are_used_and_reported(messy):
     folder, _, data = messy
     scan = data_utils.scan_image_folder(folder, data)
-    assert scanning.animated_images(scan)["path"].tolist() == ["fox/animated.gif"]
+    assert scan_report.animated_images(scan)["path"].tolist() == ["fox/animated.gif"]
     assert "fox/animated.gif: GIF, 2 frames" in data_utils.scan_report(scan, data)
 
 
@@ -126,7 +126,7 @@ def test_class_counts_and_imbalance(class_folder):
     write_image(class_folder / "cat" / "extra.png", seed=4242)
     images = data_utils.scan_image_folder(class_folder).images
     assert data_utils.class_counts(images)["images"].tolist() == [11, 10, 10]
-    assert scanning.class_imbalance(images) == {"largest": "cat", "largest_images": 11,
+    assert scan_report.class_imbalance(images) == {"largest": "cat", "largest_images": 11,
                                                 "smallest": "dog", "smallest_images": 10,
                                                 "ratio": 1.1}
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls_utils import data_utils, sources
+from imgcls_utils import data_utils
+from imgcls_utils.data import sources
 from imgcls_utils.data_utils import DataError
 from tests.sample_files import tree_hashes
 
@@ -132,7 +133,7 @@ def test_test_split_source_is_exactly_the_t10k_images_and_fraction_pools_them(tm
         write_idx(folder / f"{part}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{part}-labels-idx1-ubyte.gz", np.arange(3 * per_class) % 3)
     settings = {"data.source": f"idx:{folder}", "data.image_size": [8, 8]}
-    official = data_utils.prepare_data(make_config(**settings, **{"data.test_split": "source"}))
+    official = data_utils.process_data(make_config(**settings, **{"data.test_split": "source"}))
     table = official.images
     t10k = set(table.loc[table["path"].str.contains("/t10k-"), "path"])
     assert len(t10k) == 12 and set(official.paths("test")) == t10k
@@ -141,7 +142,7 @@ def test_test_split_source_is_exactly_the_t10k_images_and_fraction_pools_them(tm
     assert len(val) == math.ceil(36 * 0.15 / (0.7 + 0.15))
     assert val["path"].str.contains("/train-").all()
     assert sorted(val["label"].unique()) == official.class_names == ["0", "1", "2"]
-    pooled = data_utils.prepare_data(make_config(**settings))
+    pooled = data_utils.process_data(make_config(**settings))
     assert not pooled.reused and pooled.class_names == ["0", "1", "2"]
     assert pooled.count("test") == 8  # about 15% of the 48, so 4 or more t10k images train
     assert pooled.images.loc[pooled.images["split"] != "test", "path"].isin(t10k).sum() >= 4
@@ -192,9 +193,9 @@ def network(monkeypatch):
 
 @pytest.fixture
 def mock_mnist(tmp_path, monkeypatch):
-    """``with mock_mnist(splits):`` TensorFlow Datasets serves MNIST offline, prepared, with
+    """``with mock_mnist(splits):`` TensorFlow Datasets serves MNIST offline, processed, with
     these splits of 12 random images each. ``mock_data`` makes up the images; the split names
-    come from the dataset_info.json written here, as a prepared dataset's do."""
+    come from the dataset_info.json written here, as a processed dataset's do."""
     import tensorflow_datasets as tfds
 
     data_dir = tmp_path / "tfds"

@@ -3,7 +3,8 @@ import math
 import pandas as pd
 import pytest
 
-from imgcls_utils import data_utils, split
+from imgcls_utils import data_utils
+from imgcls_utils.data import split
 from imgcls_utils.data_utils import DataError, scan_image_folder
 from tests.sample_files import write_copy, write_photo
 

@@ -10,10 +10,10 @@ import nbformat
 import pandas as pd
 import pytest
 
-from imgcls_utils import sweep_report, tables
 from imgcls_utils.config import CONFIG_RELATIVE_PATH
-from imgcls_utils.sweep import (SweepError, parse_grid_option, run_id, sweep_from_file,
-                                sweep_from_options)
+from imgcls_utils.experiments import sweep_report, tables
+from imgcls_utils.experiments.sweep import (SweepError, parse_grid_option, run_id, sweep_from_file,
+                                            sweep_from_options)
 from tests.conftest import REPO_ROOT
 from tests.test_cli import imgcls
 

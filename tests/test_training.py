@@ -9,18 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgcls_utils import data_utils, model_utils, training
-from imgcls_utils.checkpoints import RunCheckpoint, RunState, run_identity
+from imgcls_utils import data_utils, model_utils
 from imgcls_utils.errors import UserError
 from imgcls_utils.files import write_atomically
-from imgcls_utils.runtime import keras
+from imgcls_utils.quiet_tensorflow import keras
+from imgcls_utils.training import loop
+from imgcls_utils.training.checkpoints import RunCheckpoint, RunState, run_identity
 from tests.conftest import write_image
 from tests.test_cli import imgcls
 from tests.test_models import SMALL, TINY_TRANSFER
 
 
 def test_label_smoothing_matches_one_hot_crossentropy_and_survives_saving():
-    loss = training.SparseCategoricalCrossentropyWithSmoothing(0.1)
+    loss = loop.SparseCategoricalCrossentropyWithSmoothing(0.1)
     labels = np.array([0, 2])
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], "float32")
     expected = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(
@@ -32,7 +33,7 @@ def test_label_smoothing_matches_one_hot_crossentropy_and_survives_saving():
 
 def learning_rates(make_config, steps_per_epoch=10, epochs=6, **overrides):
     train = make_config(**{"train.epochs": epochs, **overrides}).train
-    schedule = training.learning_rate_schedule(train, training.training_phases(train)[0],
+    schedule = loop.learning_rate_schedule(train, loop.training_phases(train)[0],
                                                steps_per_epoch)
     return [float(schedule(step)) for step in range(0, epochs * steps_per_epoch, steps_per_epoch)]
 
@@ -52,8 +53,8 @@ def test_step_schedule_multiplies_by_the_factor_every_n_epochs(make_config):
 
 
 def test_optimizers_follow_the_config(make_config):
-    adamw = training.make_optimizer(make_config(**{"train.optimizer": "adamw"}).train, 0.1)
-    sgd = training.make_optimizer(make_config(**{"train.optimizer": "sgd",
+    adamw = loop.make_optimizer(make_config(**{"train.optimizer": "adamw"}).train, 0.1)
+    sgd = loop.make_optimizer(make_config(**{"train.optimizer": "sgd",
                                                  "train.momentum": 0.8}).train, 0.1)
     assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 0.0001
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.8 and sgd.nesterov
@@ -61,11 +62,11 @@ def test_optimizers_follow_the_config(make_config):
 
 def test_balanced_class_weights_make_every_class_count_the_same(make_config):
     train = make_config(**{"train.class_weight": "balanced"}).train
-    weights = training.class_weights(train, [30, 10, 0, 20])
+    weights = loop.class_weights(train, [30, 10, 0, 20])
     assert weights == pytest.approx({0: 0.5, 1: 1.5, 3: 0.75})
     assert {label: weights[label] * count for label, count in [(0, 30), (1, 10), (3, 20)]} \
         == pytest.approx({0: 15, 1: 15, 3: 15})
-    assert training.class_weights(make_config(**{"train.class_weight": "none"}).train,
+    assert loop.class_weights(make_config(**{"train.class_weight": "none"}).train,
                                   [30, 10, 0, 20]) is None
 
 
@@ -74,20 +75,20 @@ def test_class_weight_comes_from_the_training_split(make_config, class_folder):
         path.unlink()
     cfg = make_config(**{**SMALL, "data.source": str(class_folder),
                          "train.class_weight": "balanced"})
-    prepared = data_utils.prepare_data(cfg)
-    counts = prepared.label_counts("train")
-    assert sum(counts) == prepared.count("train") and counts[0] < counts[1] == counts[2]
-    weights = training.class_weights(cfg.train, counts)
+    processed = data_utils.process_data(cfg)
+    counts = processed.label_counts("train")
+    assert sum(counts) == processed.count("train") and counts[0] < counts[1] == counts[2]
+    weights = loop.class_weights(cfg.train, counts)
     assert weights[0] > weights[1] == pytest.approx(weights[2])
 
 
 def small_run(make_config, class_folder, **overrides):
-    """A config, prepared datasets and a compiled model for 30 tiny images."""
+    """A config, processed datasets and a compiled model for 30 tiny images."""
     cfg = make_config(**{**SMALL, "data.source": str(class_folder), "train.verbose": 0,
                          **overrides})
-    prepared = data_utils.prepare_data(cfg)
-    datasets = data_utils.make_datasets(cfg, prepared)
-    model = model_utils.build_model(cfg.model, cfg.transfer, prepared.input_shape, 3)
+    processed = data_utils.process_data(cfg)
+    datasets = data_utils.make_datasets(cfg, processed)
+    model = model_utils.build_model(cfg.model, cfg.transfer, processed.input_shape, 3)
     model_utils.compile_model(model, cfg.train, len(datasets["train"]))
     return cfg, datasets, model
 
@@ -244,7 +245,7 @@ def test_a_full_disk_at_a_checkpoint_leaves_the_run_resumable(make_config, class
             raise OSError(errno.ENOSPC, "No space left on device")
         write_atomically(path, text)
 
-    monkeypatch.setattr("imgcls_utils.checkpoints.write_atomically", full_at_the_third_epoch)
+    monkeypatch.setattr("imgcls_utils.training.checkpoints.write_atomically", full_at_the_third_epoch)
     run = dict(datasets=datasets, train=cfg.train, transfer=cfg.transfer, run_folder=run_folder)
     with pytest.raises(OSError, match="No space left"):
         model_utils.train_model(model, **run)
@@ -261,7 +262,7 @@ def interrupted_run(make_config, class_folder):
     cfg = make_config(**{**SMALL, "data.source": str(class_folder), "train.verbose": 0,
                          "train.epochs": 3})
     run = model_utils.TrainingRun(cfg)
-    run.prepare_data()
+    run.process_data()
     run.build_and_compile()
     with pytest.raises(RuntimeError, match="power cut"):
         run.fit(callbacks=[CrashAtEpoch(1)])
@@ -300,7 +301,7 @@ def test_refreshed_batch_norm_statistics_are_the_averages_over_the_batches():
     batches = [np.random.default_rng(seed).normal(seed, 1 + seed, (8, 4, 4, 1)).astype("float32")
                for seed in range(3)]
 
-    assert training.refresh_batch_norm_statistics(model, batches) == 3
+    assert loop.refresh_batch_norm_statistics(model, batches) == 3
 
     conv = keras.Model(inputs, features)
     outputs = [np.asarray(conv(batch)).reshape(-1, 3) for batch in batches]
@@ -316,8 +317,8 @@ def test_frozen_batch_norm_layers_keep_their_statistics():
     model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(name="frozen"),
                               keras.layers.BatchNormalization(name="learning")])
     model.get_layer("frozen").trainable = False
-    assert [layer.name for layer in training.updating_batch_norm_layers(model)] == ["learning"]
-    training.refresh_batch_norm_statistics(model, [np.full((4, 3), 5.0, "float32")])
+    assert [layer.name for layer in loop.updating_batch_norm_layers(model)] == ["learning"]
+    loop.refresh_batch_norm_statistics(model, [np.full((4, 3), 5.0, "float32")])
     assert np.all(np.asarray(model.get_layer("frozen").moving_mean) == 0)
 
 

@@ -16,7 +16,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from imgcls_utils.server import ServeSettings, upload_page
+from imgcls_utils.serving.app import upload_page
+from imgcls_utils.serving.settings import ServeSettings
 from tests.conftest import REPO_ROOT
 from tests.live_server import live_server
 
