@@ -29,6 +29,7 @@ def test_scan_and_run_on_a_corpus_of_every_case(project, tmp_path):
                     "--set", "data.image_size=[16,16]", cwd=project)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "\n    epoch 1/1 (train): loss " in run.stdout  # echoed from the training cell
+    assert not [line for line in run.stderr.splitlines() if line.startswith("E0000")], run.stderr
     folder = Path(run.stdout.split("model folder:")[1].split()[0])
     model, class_names, _ = load_model_folder(folder)
     assert class_names == ["cat", "dog", "fox", "lonely"]

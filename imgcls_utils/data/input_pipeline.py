@@ -50,15 +50,24 @@ def make_dataset(processed: ProcessedData, split: str, batch_size: int, *, train
                  augmentation=None, cache: bool = True, seed: int = 0, min_steps: int = 1):
     """Stream one split as batches of ``(float32 pixels in [0, 255], int label)``.
 
-    Records are parsed in parallel and, with ``cache``, kept in memory as uint8 after the first
-    epoch. Training batches are shuffled, reshuffled passes over the split are chained until an
+    Records are parsed in parallel (serially when op determinism meets a stateful
+    augmentation, as tf.data would run them anyway) and, with ``cache``, kept in memory as uint8
+    after the first epoch. Training batches are shuffled, reshuffled passes over the split are chained until an
     epoch has at least ``min_steps`` batches, and, when ``augmentation`` is given, batches are
     augmented on the fly; validation and test batches are never augmented and keep the
     manifest's order (``processed.paths(split)``): their shards are read one after the other.
     """
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
     from ..quiet_tensorflow import tf
 
     autotune = tf.data.AUTOTUNE
+    # Under op determinism tf.data runs a pipeline serially when one of its functions keeps state
+    # (the augmentation layers' seed generators are variables): it rewrites each parallel map
+    # into a plain one, and TensorFlow 2.21's rewrite logs "E0000 ... NodeDef mentions attribute
+    # use_unbounded_threadpool" on every run. Build the serial pipeline it would run anyway.
+    parallel = (None if training and augmentation is not None and is_op_determinism_enabled()
+                else autotune)
     shape = processed.input_shape
     features = {"image": tf.io.FixedLenFeature([], tf.string),
                 "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -77,13 +86,13 @@ def make_dataset(processed: ProcessedData, split: str, batch_size: int, *, train
                                       num_parallel_reads=autotune if training else None)
     # A known length lets Keras size its epochs instead of running into the end of the data.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(processed.count(split)))
-    dataset = dataset.map(parse, num_parallel_calls=autotune)
+    dataset = dataset.map(parse, num_parallel_calls=parallel)
     if cache:
         dataset = dataset.cache()  # uint8: a quarter of the memory float32 would take
     if training:
         dataset = dataset.shuffle(4 * batch_size + 1024, seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.repeat(passes_per_epoch(processed.count(split), batch_size, min_steps))
-    dataset = dataset.batch(batch_size).map(to_float, num_parallel_calls=autotune)
+    dataset = dataset.batch(batch_size).map(to_float, num_parallel_calls=parallel)
     return dataset.prefetch(autotune)
 
 

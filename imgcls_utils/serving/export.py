@@ -161,7 +161,10 @@ def graph_parity(folder: Path, model: keras.Model, processed: ProcessedData, dat
                for start in range(0, len(paths), PARITY_BATCH)]
     graph = np.concatenate([exported.classify_images(batch)[PROBABILITIES] for batch in batches])
     graph_pixels = np.concatenate([exported.decode(batch) for batch in batches])
-    trained = model.predict(training_pixels, batch_size=PARITY_BATCH, verbose=0)
+    # Batch by batch, as imgcls predict runs it (Keras' predict on an array builds a tf.data
+    # pipeline that TensorFlow 2.21 rewrites, logging an E0000 line, under op determinism).
+    trained = np.concatenate([model.predict_on_batch(training_pixels[start:start + PARITY_BATCH])
+                              for start in range(0, len(training_pixels), PARITY_BATCH)])
     return {"images": len(paths), "test_images": processed.count("test"),
             "top1_agreement": float(np.mean(graph.argmax(-1) == trained.argmax(-1))),
             "max_probability_difference": float(np.abs(graph - trained).max()),
