@@ -176,12 +176,7 @@ def cmd_export(args) -> int:
     exported = export_model(args.model_folder, project.path("exports_dir"), processed)
     print(f"exported {exported.name} version {exported.version}: {exported.folder}")
     if exported.report:
-        parity = exported.report["parity"]
-        print(f"graph vs imgcls predict on {parity['images']} test images: top-1 agreement "
-              f"{parity['top1_agreement']:.4f}, largest probability difference "
-              f"{parity['max_probability_difference']:.2g}, largest pixel difference "
-              f"{parity['max_pixel_difference']:.0f}")
-        print(exported.tflite_table().to_string())
+        print(exported.report_text())
     return 0
 
 
