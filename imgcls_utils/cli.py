@@ -209,9 +209,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    """Validate the deployment settings and render compose.yaml and nginx.conf next to them."""
+    """Validate the deployment settings and render, next to them, compose.yaml and nginx.conf
+    or (--target kubernetes) kubernetes.yaml."""
     settings = load_deployment(args.settings or find_project_root() / DEPLOYMENT_RELATIVE_PATH)
-    for path in write_deployment(settings):
+    for path in write_deployment(settings, args.target):
         print(f"wrote {path}")
     export = (settings.folder / settings.exports_dir / settings.model).resolve()
     if not export.is_dir():
@@ -357,9 +358,10 @@ def _parser() -> argparse.ArgumentParser:
                        "one)")
     serve.add_argument("--no-batching", action="store_true", help="run each request on its own "
                        "(serve.max_batch_size=1)")
-    deploy = command("deploy", cmd_deploy, "validate the deployment settings and write the "
-                     "compose.yaml and nginx.conf of imgcls serve replicas behind nginx next to "
-                     "them", configurable=False)
+    deploy = command("deploy", cmd_deploy, "validate the deployment settings and write next "
+                     "to them the compose.yaml and nginx.conf of imgcls serve replicas behind "
+                     "nginx, or a cluster's kubernetes.yaml", configurable=False)
+    deploy.add_argument("--target", choices=("compose", "kubernetes"), default="compose")
     deploy.add_argument("--settings", type=Path, help=f"the deployment settings (default: the "
                         f"project's {DEPLOYMENT_RELATIVE_PATH})")
     return parser

@@ -148,3 +148,15 @@ def nginx_image(podman: Podman) -> str:
     containerfile.write_text(NGINX_CONTAINERFILE)
     podman.build(NGINX_IMAGE, containerfile, podman.folder, timeout=1200)
     return NGINX_IMAGE
+
+
+def summary_lines(stats: dict) -> list[str]:
+    """What pytest's summary says about the container tests: their own time and what they
+    measured (nothing when none ran)."""
+    reports = [report for reports in stats.values() for report in reports
+               if getattr(report, "nodeid", "").startswith("tests/test_containers.py")]
+    if not reports:
+        return []
+    seconds = sum(report.duration for report in reports)
+    return [f"container tests: {seconds:.0f} s of this run",
+            *(f"  {what}: {figure}" for what, figure in TIMINGS.items())]
