@@ -230,11 +230,14 @@ def digit_uploads(cfg) -> list[tuple[str, bytes]]:
     return [(path.name, path.read_bytes()) for path in files]
 
 
-def send_stream(url: str, uploads, replica_killed: threading.Event) -> list:
-    """``REQUESTS`` POST /predict by ``CLIENTS`` threads: (started, status, X-Upstream, body)
-    each; ``replica_killed`` is set once ``KILL_AFTER`` are answered."""
-    answers, lock, counter = [], threading.Lock(), iter(range(REQUESTS))
-    deadline = time.monotonic() + 60
+def send_stream(url: str, uploads, replica_killed: threading.Event,
+                requests: int = REQUESTS) -> list:
+    """``requests`` POST /predict by ``CLIENTS`` threads: (started, status, X-Upstream, body)
+    each; ``replica_killed`` is set once a third of them (``KILL_AFTER`` of ``REQUESTS``)
+    are answered."""
+    answers, lock, counter = [], threading.Lock(), iter(range(requests))
+    kill_after = requests * KILL_AFTER // REQUESTS
+    deadline = time.monotonic() + 120
 
     def client() -> None:
         with httpx.Client(timeout=30) as session:
@@ -253,7 +256,7 @@ def send_stream(url: str, uploads, replica_killed: threading.Event) -> list:
                     answer = (started, 0, None, repr(error))
                 with lock:
                     answers.append(answer)
-                    if len(answers) == KILL_AFTER:
+                    if len(answers) == kill_after:
                         replica_killed.set()
 
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
