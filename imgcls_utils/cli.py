@@ -157,7 +157,7 @@ def _exit_code(predictions: list) -> int:
 
 
 def _note_left_out_classes(model_folder: Path) -> None:
-    from .model_utils import left_out_classes
+    from .training.model_folders import left_out_classes
 
     for name, reason in left_out_classes(model_folder).items():
         print(f"note: the model was trained without class {name} ({reason}); it never "
@@ -165,7 +165,7 @@ def _note_left_out_classes(model_folder: Path) -> None:
 
 
 def cmd_export(args) -> int:
-    from .model_utils import export_model
+    from .serving.export import export_model  # not model_utils: the base install can export
 
     project = _config_from_args(args)
     processed = None
