@@ -212,7 +212,10 @@ def cmd_deploy(args) -> int:
     """Validate the deployment settings and render, next to them, compose.yaml and nginx.conf
     or (--target kubernetes) kubernetes.yaml."""
     settings = load_deployment(args.settings or find_project_root() / DEPLOYMENT_RELATIVE_PATH)
-    for path in write_deployment(settings, args.target):
+    write = write_deployment
+    if args.target == "kubernetes":
+        from .serving.kubernetes import write_kubernetes as write
+    for path in write(settings):
         print(f"wrote {path}")
     export = (settings.folder / settings.exports_dir / settings.model).resolve()
     if not export.is_dir():

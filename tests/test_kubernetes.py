@@ -14,8 +14,9 @@ import yaml
 from imgcls_utils.cli import _parser, main
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
 from imgcls_utils.serving.deployment import (DEPLOYMENT_RELATIVE_PATH, free_loopback_port,
-                                             load_deployment, write_deployment)
-from imgcls_utils.serving.kubernetes import MANIFESTS_FILE, manifests, readiness_script
+                                             load_deployment)
+from imgcls_utils.serving.kubernetes import (MANIFESTS_FILE, manifests, readiness_script,
+                                             write_kubernetes)
 from tests.conftest import REPO_ROOT
 from tests.live_server import live_server
 
@@ -33,7 +34,7 @@ def rendered(**changes) -> dict[str, dict]:
 
 def test_committed_manifests_are_what_imgcls_deploy_renders(tmp_path):
     settings = replace(load_deployment(SETTINGS_PATH), folder=tmp_path)
-    (path,) = write_deployment(settings, "kubernetes")
+    (path,) = write_kubernetes(settings)
     assert (SETTINGS_PATH.parent / MANIFESTS_FILE).read_text() == path.read_text(), \
         f"Deployment/{MANIFESTS_FILE} is stale: run imgcls deploy --target kubernetes"
 

@@ -237,17 +237,16 @@ def compose_file(settings: DeploymentSettings) -> str:
                                                      width=100)
 
 
-def write_deployment(settings: DeploymentSettings, target: str = "compose") -> list[Path]:
-    """compose.yaml and nginx.conf, or (``target`` kubernetes) kubernetes.yaml, rendered into
-    the settings file's folder: their paths."""
-    if target == "kubernetes":
-        from .kubernetes import MANIFESTS_FILE, kubernetes_file
+def write_deployment(settings: DeploymentSettings) -> list[Path]:
+    """compose.yaml and nginx.conf, rendered into the settings file's folder: their paths."""
+    upstreams = [f"{name}:{settings.replica_port}" for name in replica_names(settings)]
+    return write_files(settings, {"compose.yaml": compose_file(settings),
+                                  "nginx.conf": nginx_conf(settings, upstreams,
+                                                           str(CONTAINER_NGINX_PORT))})
 
-        files = {MANIFESTS_FILE: kubernetes_file(settings)}
-    else:
-        upstreams = [f"{name}:{settings.replica_port}" for name in replica_names(settings)]
-        files = {"compose.yaml": compose_file(settings),
-                 "nginx.conf": nginx_conf(settings, upstreams, str(CONTAINER_NGINX_PORT))}
+
+def write_files(settings: DeploymentSettings, files: dict[str, str]) -> list[Path]:
+    """``{name: content}`` written into the settings file's folder: their paths."""
     for name, content in files.items():
         (settings.folder / name).write_text(content)
     return [settings.folder / name for name in files]

@@ -13,9 +13,12 @@ up while nodes are drained.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
-from .deployment import GENERATED_HEADER, MODELS_MOUNT, DeploymentSettings, replica_arguments
+from .deployment import (GENERATED_HEADER, MODELS_MOUNT, DeploymentSettings, replica_arguments,
+                         write_files)
 
 MANIFESTS_FILE = "kubernetes.yaml"
 TMP_MOUNT = "/tmp"  # the one writable place: TensorFlow's and Keras' scratch files
@@ -138,6 +141,11 @@ def _scaling_metrics(settings: DeploymentSettings) -> list[dict]:
             "metric": {"name": "imgcls_queued_images"},
             "target": {"type": "AverageValue", "averageValue": str(k8s["target_in_flight"])}}})
     return metrics
+
+
+def write_kubernetes(settings: DeploymentSettings) -> list[Path]:
+    """kubernetes.yaml, rendered into the settings file's folder: its path."""
+    return write_files(settings, {MANIFESTS_FILE: kubernetes_file(settings)})
 
 
 def kubernetes_file(settings: DeploymentSettings) -> str:
