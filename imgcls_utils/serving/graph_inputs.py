@@ -17,9 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ..data.images import (DECODE_ERRORS, load_image, pixel_limit_checked_by_caller,
                            too_many_pixels)
@@ -29,8 +28,9 @@ from ..quiet_tensorflow import tf
 GRAPH_FORMATS = {"PNG", "JPEG", "MPO", "GIF", "BMP"}
 NOT_A_GRAPH_FORMAT = "not a PNG, JPEG, GIF or BMP image"
 ORIENTATION = 0x0112  # the EXIF tag saying how to turn the stored pixels for display
-# What the graph alone decodes otherwise than training does; export writes this into imgcls.json
-# for servers that run the graph alone (TensorFlow Serving), imgcls decodes them as training.
+# What the graph alone decodes otherwise than training does: imgcls serve and predict decode
+# these as training does; export writes them into imgcls.json for servers that run the graph
+# alone (TensorFlow Serving).
 NOT_REPRODUCED = {
     "cmyk_jpeg": "CMYK (and YCCK) JPEGs, at 1 channel: refused by the graph (libjpeg cannot "
                  "convert them to grayscale: 'Unsupported color conversion request')",
