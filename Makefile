@@ -3,8 +3,9 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 READY  := $(VENV)/.ready
 
-# What the browser test of the web page and the nginx failover test run (Debian packages).
-SYSTEM_PACKAGES := chromium chromium-driver nginx
+# What the browser test of the web page, the nginx failover test and the container tests run
+# (Debian packages).
+SYSTEM_PACKAGES := chromium chromium-driver nginx podman runc debootstrap
 
 .PHONY: demo test lab notebooks system-packages clean-generated
 
@@ -31,19 +32,20 @@ notebooks: $(READY)  ## re-execute the committed notebooks in place
 $(READY): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[dev,serving]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,notebooks,serving]"
 	$(PYTHON) -m ipykernel install --sys-prefix --name imgcls --display-name "Python (imgcls)"
 	touch $(READY)
 
 system-packages:  ## apt-get install $(SYSTEM_PACKAGES) when missing and root; else their tests skip
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && \
-	    PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null; then exit 0; fi; \
+	@missing=; for tool in chromium chromedriver nginx podman runc debootstrap; do \
+	  PATH="$$PATH:/usr/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "note: $(SYSTEM_PACKAGES) not all installed and not root with apt-get: the browser and nginx tests will be skipped"; \
+	  echo "note: $(SYSTEM_PACKAGES) not all installed and not root with apt-get: the browser, nginx and container tests will be skipped"; \
 	  exit 0; fi; \
-	echo "apt-get install $(SYSTEM_PACKAGES) (for the browser and nginx tests)"; \
+	echo "apt-get install $(SYSTEM_PACKAGES) (for the browser, nginx and container tests)"; \
 	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) || \
-	  echo "note: apt-get install failed: the browser and nginx tests will be skipped"
+	  echo "note: apt-get install failed: the browser, nginx and container tests will be skipped"
 
 clean-generated: ## delete everything derived: processed data, scan caches, built-in sources, runs
 	find data/Processed_Data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

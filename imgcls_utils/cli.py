@@ -157,7 +157,7 @@ def _exit_code(predictions: list) -> int:
 
 
 def _note_left_out_classes(model_folder: Path) -> None:
-    from .model_utils import left_out_classes
+    from .training.model_folders import left_out_classes
 
     for name, reason in left_out_classes(model_folder).items():
         print(f"note: the model was trained without class {name} ({reason}); it never "
@@ -166,7 +166,7 @@ def _note_left_out_classes(model_folder: Path) -> None:
 
 def cmd_export(args) -> int:
     project = _config_from_args(args)
-    from .model_utils import export_model
+    from .serving.export import export_model  # not model_utils: the base install can export
 
     processed = None
     if not args.no_tflite:
@@ -176,12 +176,7 @@ def cmd_export(args) -> int:
     exported = export_model(args.model_folder, project.path("exports_dir"), processed)
     print(f"exported {exported.name} version {exported.version}: {exported.folder}")
     if exported.report:
-        parity = exported.report["parity"]
-        print(f"graph vs imgcls predict on {parity['images']} test images: top-1 agreement "
-              f"{parity['top1_agreement']:.4f}, largest probability difference "
-              f"{parity['max_probability_difference']:.2g}, largest pixel difference "
-              f"{parity['max_pixel_difference']:.0f}")
-        print(exported.tflite_table().to_string())
+        print(exported.report_text())
     return 0
 
 
@@ -214,9 +209,13 @@ def cmd_serve(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    """Validate the deployment settings and render compose.yaml and nginx.conf next to them."""
+    """Validate the deployment settings and render, next to them, compose.yaml and nginx.conf
+    or (--target kubernetes) kubernetes.yaml."""
     settings = load_deployment(args.settings or find_project_root() / DEPLOYMENT_RELATIVE_PATH)
-    for path in write_deployment(settings):
+    write = write_deployment
+    if args.target == "kubernetes":
+        from .serving.kubernetes import write_kubernetes as write
+    for path in write(settings):
         print(f"wrote {path}")
     export = (settings.folder / settings.exports_dir / settings.model).resolve()
     if not export.is_dir():
@@ -364,9 +363,10 @@ def _parser() -> argparse.ArgumentParser:
                        "one)")
     serve.add_argument("--no-batching", action="store_true", help="run each request on its own "
                        "(serve.max_batch_size=1)")
-    deploy = command("deploy", cmd_deploy, "validate the deployment settings and write the "
-                     "compose.yaml and nginx.conf of imgcls serve replicas behind nginx next to "
-                     "them", configurable=False)
+    deploy = command("deploy", cmd_deploy, "validate the deployment settings and write next "
+                     "to them the compose.yaml and nginx.conf of imgcls serve replicas behind "
+                     "nginx, or a cluster's kubernetes.yaml", configurable=False)
+    deploy.add_argument("--target", choices=("compose", "kubernetes"), default="compose")
     deploy.add_argument("--settings", type=Path, help=f"the deployment settings (default: the "
                         f"project's {DEPLOYMENT_RELATIVE_PATH})")
     return parser

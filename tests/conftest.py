@@ -72,3 +72,11 @@ def served_model(tmp_path_factory):
     folder = model_utils.train(cfg).model_folder
     version = model_utils.export_model(folder, cfg.path("exports_dir"))
     return cfg, folder, version.folder
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The container tests' own time (they may add minutes to the suite) and their figures."""
+    from tests.containers import summary_lines
+
+    for line in summary_lines(terminalreporter.stats):
+        terminalreporter.write_line(line)

@@ -9,6 +9,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -161,25 +162,37 @@ def split_extras(requirement: str) -> tuple[str, set[str]]:
     return path, set(extras.rstrip("]").split(","))
 
 
-def test_the_dockerfile_installs_as_the_makefile_does_on_environment_ymls_python():
+def test_the_dockerfile_installs_pyprojects_serving_install_on_environment_ymls_python():
+    """The image's pip commands are the Makefile's (without -e, dev and notebooks), its
+    requirements pyproject's base and serving ones with TensorFlow as tensorflow-cpu."""
+    import tomllib
+
+    sys.path.insert(0, str(REPO_ROOT / "Model_Serving"))
+    try:
+        from requirements import requirements
+    finally:
+        sys.path.pop(0)
     makefile = [line.strip().replace("$(PYTHON)", "python")
                 for line in (REPO_ROOT / "Makefile").read_text().splitlines()]
-    (make_upgrade, make_install), (docker_upgrade, docker_install) = (
-        pip_commands(makefile), pip_commands(instruction("RUN")))
-    assert docker_upgrade == make_upgrade == shlex.split("python -m pip install --quiet "
-                                                         "--upgrade pip")
-    make_install.remove("-e")  # the image is not edited in place
-    assert docker_install[:-1] == make_install[:-1]
-    (make_path, make_extras), (docker_path, docker_extras) = (
-        split_extras(make_install[-1]), split_extras(docker_install[-1]))
-    assert docker_path == make_path == "."
-    assert docker_extras == make_extras - {"dev"} == {"serving"}
+    (make_upgrade, make_install), docker = pip_commands(makefile), pip_commands(instruction("RUN"))
+    assert docker[0] == make_upgrade == shlex.split("python -m pip install --quiet --upgrade pip")
+    assert docker[-1] == shlex.split("python -m pip install --quiet --no-deps .")
+    (make_path, make_extras) = split_extras(make_install[-1])
+    assert make_path == "." and make_extras == {"dev", "notebooks", "serving"}
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    with_deps, alone = requirements(project, "tensorflow-cpu")
+    wanted = [*project["project"]["dependencies"], *project["project"]["optional-dependencies"][
+        "serving"]]
+    assert sorted(with_deps + alone) == sorted(line.replace("tensorflow==", "tensorflow-cpu==")
+                                               for line in wanted)
+    assert alone == [line for line in wanted if line.startswith("tensorflow-serving-api")]
     python = re.search(r"- python=(\S+)", (REPO_ROOT / "environment.yml").read_text())[1]
-    assert instruction("FROM") == [f"python:{python}-slim"]
+    assert instruction("ARG")[0] == f"BASE=python:{python}-slim"
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies():
-    sources = [word for copy in instruction("COPY") for word in copy.split()[:-1]]
+    sources = [word for copy in instruction("COPY") if not copy.startswith("--from")
+               for word in copy.split()[:-1]]
     kept = [line[1:].rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text()
             .splitlines() if line.startswith("!")]
     assert sorted(source.rstrip("/") for source in sources) == sorted(kept)
@@ -193,7 +206,8 @@ def test_the_image_and_every_replica_run_arguments_imgcls_serve_accepts():
     assert entrypoint == ["imgcls", "serve"]
     healthcheck = json.loads(instruction("HEALTHCHECK")[0].split(" CMD ", 1)[1])
     assert healthcheck == ["python", "-c", HEALTHCHECK_SCRIPT.format(port=8501)]
-    assert instruction("EXPOSE") == ["8501"] and instruction("USER") == ["imgcls"]
+    assert instruction("EXPOSE") == ["8501"] and instruction("USER") == ["10001"]  # numeric:
+    # Kubernetes' runAsNonRoot can check it
     services = yaml.safe_load(compose_file(load_deployment(SETTINGS_PATH)))["services"]
     replicas = [service["command"] for name, service in services.items() if name != "nginx"]
     for arguments in [command, *replicas]:
@@ -216,11 +230,14 @@ def digit_uploads(cfg) -> list[tuple[str, bytes]]:
     return [(path.name, path.read_bytes()) for path in files]
 
 
-def send_stream(url: str, uploads, replica_killed: threading.Event) -> list:
-    """``REQUESTS`` POST /predict by ``CLIENTS`` threads: (started, status, X-Upstream, body)
-    each; ``replica_killed`` is set once ``KILL_AFTER`` are answered."""
-    answers, lock, counter = [], threading.Lock(), iter(range(REQUESTS))
-    deadline = time.monotonic() + 60
+def send_stream(url: str, uploads, replica_killed: threading.Event,
+                requests: int = REQUESTS) -> list:
+    """``requests`` POST /predict by ``CLIENTS`` threads: (started, status, X-Upstream, body)
+    each; ``replica_killed`` is set once a third of them (``KILL_AFTER`` of ``REQUESTS``)
+    are answered."""
+    answers, lock, counter = [], threading.Lock(), iter(range(requests))
+    kill_after = requests * KILL_AFTER // REQUESTS
+    deadline = time.monotonic() + 120
 
     def client() -> None:
         with httpx.Client(timeout=30) as session:
@@ -239,7 +256,7 @@ def send_stream(url: str, uploads, replica_killed: threading.Event) -> list:
                     answer = (started, 0, None, repr(error))
                 with lock:
                     answers.append(answer)
-                    if len(answers) == KILL_AFTER:
+                    if len(answers) == kill_after:
                         replica_killed.set()
 
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]

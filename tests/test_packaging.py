@@ -61,3 +61,47 @@ def test_imgcls_serve_installed_from_the_wheel_finds_its_page(wheel, served_mode
         page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<html" in page.text.lower()
     assert export.parent.name in page.text
+
+
+# What pyproject's notebooks extra brings (and scikit-learn's scipy, ipykernel's IPython): the
+# base install, which the serving image holds, has none of them.
+NOTEBOOKS_EXTRA_MODULES = ("pandas", "sklearn", "scipy", "matplotlib", "seaborn", "tqdm",
+                           "papermill", "ipykernel", "IPython", "tensorflow_datasets",
+                           "tensorboard")
+BLOCKER = f"""\
+import sys
+BLOCKED = {NOTEBOOKS_EXTRA_MODULES!r}
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is in the notebooks extra, not the base install")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def test_serve_predict_and_export_need_the_base_install_only(served_model, tmp_path):
+    """`imgcls export --no-tflite`, `predict` and `serve` with every module of the notebooks
+    extra unimportable (a sitecustomize blocks them in the subprocesses)."""
+    cfg, folder, _ = served_model
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO_ROOT)])}
+    imgcls = [sys.executable, "-m", "imgcls_utils.cli"]
+    config = cfg.root / "config" / "Hyperparameters.yaml"
+    blocked = subprocess.run([sys.executable, "-c", "import pandas"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert "in the notebooks extra" in blocked.stderr  # the blocker works
+    exported = subprocess.run([*imgcls, "export", str(folder), "--no-tflite", "--config",
+                               str(config), "--set", f"paths.exports_dir={tmp_path / 'exports'}"],
+                              env=env, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    export = tmp_path / "exports" / "digits_cnn"
+    digits = sorted((cfg.path("raw_dir") / "digits").glob("*/*.png"))[:3]
+    predicted = subprocess.run([*imgcls, "predict", str(export), *map(str, digits)], env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 3, \
+        predicted.stderr[-3000:]
+    with live_server(export, config, tmp_path / "serve.log", env=env) as server:
+        answer = httpx.post(f"{server.url}/predict", files={"file": ("d.png",
+                                                                      digits[0].read_bytes())})
+    assert answer.status_code == 200 and answer.json()["predictions"]

@@ -20,7 +20,8 @@ from tests.conftest import REPO_ROOT
 README = (REPO_ROOT / "README.md").read_text()
 # Commands that need what a test cannot have: a large dataset, a cluster, your own files.
 LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "imgcls explain", "imgcls cv",
-        "apt-get install", "imgcls export", "imgcls serve", "curl ", "docker run", "docker compose")
+        "apt-get install", "imgcls export", "imgcls serve", "curl ", "docker run", "docker compose",
+        "kubectl ")
 # What `imgcls serve` answers (tests/test_server.py sends these requests to a real server).
 # Notebook runs, each run for real elsewhere: `imgcls run` by test_corpus.py, papermill on
 # Model_Training by test_notebooks.py, a sweep by test_sweep.py, every notebook by nbval.
@@ -86,6 +87,8 @@ def check_arguments(command: str) -> None:
         assert SERVED_PATHS.fullmatch(url.removeprefix("http://127.0.0.1:8501")), url
     elif program == "docker" and args[0] == "compose":  # the file imgcls deploy writes
         assert (REPO_ROOT / args[args.index("-f") + 1]).is_file() and "up" in args
+    elif program == "kubectl":  # the manifests imgcls deploy --target kubernetes writes
+        assert args[:2] == ["apply", "-f"] and (REPO_ROOT / args[2]).is_file(), args
     elif program == "docker":  # TensorFlow Serving's image on an export folder
         mount = args[args.index("-v") + 1]
         assert re.fullmatch(r'"?\$PWD/exports/(\w+):/models/\1"?', mount), mount

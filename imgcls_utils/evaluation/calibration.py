@@ -14,9 +14,6 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from ..quiet_tensorflow import keras
-from ..training.models import output_layer
-
 BINS = 15
 # Temperatures searched: far beyond what over- or under-confident networks need.
 TEMPERATURE_RANGE = (0.05, 20.0)
@@ -102,19 +99,6 @@ def calibration_metrics(test: tuple[np.ndarray, np.ndarray], report: dict | None
         return {"ece": ece, "ece_calibrated": ece, "temperature": 1.0}
     return {"ece": report["test_ece_before"], "ece_calibrated": report["test_ece_after"],
             "temperature": report["temperature"]}
-
-
-def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
-    """``model`` giving ``softmax(log p / T)``: its softmax output layer's kernel and bias
-    divided by ``T`` in place (``softmax(z / T)`` is the same thing), so every copy of the
-    model, exported graphs and TensorFlow Lite files included, computes the calibrated
-    probabilities with no extra layer."""
-    output = output_layer(model)
-    if temperature != 1.0:
-        for weight in (output.kernel, output.bias):
-            if weight is not None:
-                weight.assign(weight / temperature)
-    return model
 
 
 def _log(probabilities: np.ndarray) -> np.ndarray:

@@ -7,8 +7,8 @@
 
 A request's path: its route takes the version it names from the manager (``acquire``, held until
 answered), is admitted by the batcher (``admit``: 429 when full), has its images checked from
-their headers and decoded (``classify_images``), and waits for its rows of a batched model call
-(``Batcher.classify``).
+their headers and decoded as training decodes them (``classify_images``), and waits for its
+rows of a batched model call (``Batcher.classify``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, Response
 
 from ..errors import UserError
 from .batching import Batcher, Ticket
-from .graph_inputs import RefusedInputs, image_bytes_problem, run_naming_refused
+from .graph_inputs import decode_as_training
 from .middleware import LimitBody, Observe, RequireApiKey
 from .monitoring import Metrics
 from .prediction import top_k
@@ -126,24 +126,21 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 async def classify_images(request: Request, ticket: Ticket, version: ServedVersion,
                           images: list[bytes], where) -> dict[str, np.ndarray]:
-    """Encoded images checked from their headers, decoded off the event loop, and classified
-    in the batcher's next model call; a bad one is a 400 naming it (``where(i)``)."""
-    for index, image in enumerate(images):
-        if problem := image_bytes_problem(image, version.max_pixels):
-            raise InvalidArgument(f"{where(index)}: {problem}")
+    """Encoded images decoded as training decodes them, off the event loop, and classified in
+    the batcher's next model call; a bad one is a 400 naming it (``where(i)``)."""
     pixels = await run_in_threadpool(decode_images, version, images, where)
     return await request.app.state.batcher.classify(ticket, version, pixels)
 
 
 def decode_images(version: ServedVersion, images: list[bytes], where) -> np.ndarray:
-    """The images through the export's decoding; one it refuses (a truncated file, say) is a
-    400 naming it."""
-    try:
-        return run_naming_refused(version.decode, images)
-    except RefusedInputs as refusal:
-        index = min(refusal.refused)
-        raise InvalidArgument(f"{where(index)}: cannot decode the image: "
-                              f"{refusal.refused[index]}") from None
+    """The images' pixels (``graph_inputs.decode_as_training``: the export's decoding, or
+    training's where the graph's differs); the first that cannot be decoded is a 400 naming
+    it and why (refused from its header, or damaged)."""
+    decoded = decode_as_training(images, version.decode, version.exported.info)
+    for index, pixels in enumerate(decoded):
+        if isinstance(pixels, str):
+            raise InvalidArgument(f"{where(index)}: {pixels}")
+    return np.stack(decoded)
 
 
 def _noted(request: Request, version: ServedVersion, images: int) -> None:

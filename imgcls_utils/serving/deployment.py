@@ -22,11 +22,10 @@ from typing import Any, Iterator
 import yaml
 
 from ..config import ConfigError, read_flat, request_bytes, validate
-from ..config_rules import RULES, Rule, identifier, integer, text
+from ..config_rules import RULES, Rule, either, identifier, integer, positive_number, text
 
 DEPLOYMENT_RELATIVE_PATH = Path("Deployment") / "deployment.yaml"
 DOCKERFILE = "Model_Serving/Dockerfile"  # relative to the repository root, the build context
-NGINX_IMAGE = "nginx:1.27"
 CONTAINER_NGINX_PORT = 80
 MODELS_MOUNT = "/models"
 # The replicas' batching and limits: the main config's keys, with the main config's rules.
@@ -38,7 +37,10 @@ DEPLOYMENT_RULES: dict[str, Rule] = {
     "model.exports_dir": text(),
     "replicas.count": integer(1, maximum=64),
     "replicas.port": integer(1, maximum=65535),
+    "replicas.image": text(),
     **{f"serve.{key}": RULES[f"serve.{key}"] for key in SERVE_KEYS},
+    "nginx.image": text(),
+    "nginx.host": text(),
     "nginx.port": integer(1, maximum=65535),
     "nginx.max_fails": integer(0),
     "nginx.fail_timeout_s": integer(1),
@@ -46,6 +48,16 @@ DEPLOYMENT_RULES: dict[str, Rule] = {
     "nginx.read_timeout_s": integer(1),
     "nginx.retry_tries": integer(0),
     "nginx.keepalive": integer(1),
+    "kubernetes.namespace": identifier(),
+    "kubernetes.exports_claim": identifier(),
+    "kubernetes.cpu_request": positive_number(),
+    "kubernetes.memory_request_mb": integer(64),
+    "kubernetes.memory_limit_mb": integer(64),
+    "kubernetes.startup_seconds": integer(5),
+    "kubernetes.min_replicas": integer(1),
+    "kubernetes.max_replicas": integer(1),
+    "kubernetes.target_cpu_percent": integer(1),
+    "kubernetes.target_in_flight": either("none", integer(1), "an integer >= 1"),
 }
 
 # Each replica's health as Docker checks it: the image has python, not curl. urlopen raises on
@@ -67,7 +79,10 @@ class DeploymentSettings:
     exports_dir: str
     replicas: int
     replica_port: int
+    image: str
     serve: tuple[tuple[str, Any], ...]
+    nginx_image: str
+    nginx_host: str
     nginx_port: int
     max_fails: int
     fail_timeout_s: int
@@ -75,6 +90,11 @@ class DeploymentSettings:
     read_timeout_s: int
     retry_tries: int
     keepalive: int
+    k8s: dict  # the kubernetes: section, by key
+
+    @property
+    def api_key_variable(self) -> str:
+        return dict(self.serve)["api_key_variable"]
 
     def serve_options(self) -> list[str]:
         """The ``serve:`` settings as ``--set`` values (``serve.top_k=3``), read back as YAML."""
@@ -97,13 +117,16 @@ def load_deployment(path: str | Path) -> DeploymentSettings:
     return DeploymentSettings(
         folder=path.resolve().parent, model=values["model.name"],
         exports_dir=values["model.exports_dir"], replicas=values["replicas.count"],
-        replica_port=values["replicas.port"],
+        replica_port=values["replicas.port"], image=values["replicas.image"],
         serve=tuple((key, values[f"serve.{key}"]) for key in SERVE_KEYS),
+        nginx_image=values["nginx.image"], nginx_host=values["nginx.host"],
         nginx_port=values["nginx.port"], max_fails=values["nginx.max_fails"],
         fail_timeout_s=values["nginx.fail_timeout_s"],
         connect_timeout_s=values["nginx.connect_timeout_s"],
         read_timeout_s=values["nginx.read_timeout_s"], retry_tries=values["nginx.retry_tries"],
-        keepalive=values["nginx.keepalive"])
+        keepalive=values["nginx.keepalive"],
+        k8s={key.split(".", 1)[1]: value for key, value in values.items()
+             if key.startswith("kubernetes.")})
 
 
 # ----------------------------------------------------------------------------- nginx
@@ -182,12 +205,13 @@ def replica_arguments(settings: DeploymentSettings) -> list[str]:
 
 def _replica_service(settings: DeploymentSettings) -> dict:
     return {
+        "image": settings.image,  # built from the Dockerfile when missing (or with --build)
         "build": {"context": "..", "dockerfile": DOCKERFILE},
         "command": replica_arguments(settings),
         "volumes": [f"{settings.exports_dir}/{settings.model}:{MODELS_MOUNT}/{settings.model}:ro"],
         # No value: the key is passed through from compose's environment when set there, and
         # the replicas serve without one when it is not.
-        "environment": [dict(settings.serve)["api_key_variable"]],
+        "environment": [settings.api_key_variable],
         "healthcheck": {"test": ["CMD", "python", "-c",
                                  HEALTHCHECK_SCRIPT.format(port=settings.replica_port)],
                         **HEALTHCHECK_TIMING},
@@ -201,8 +225,8 @@ def compose_file(settings: DeploymentSettings) -> str:
     names = replica_names(settings)
     services = {name: _replica_service(settings) for name in names}
     services["nginx"] = {
-        "image": NGINX_IMAGE,
-        "ports": [f"{settings.nginx_port}:{CONTAINER_NGINX_PORT}"],
+        "image": settings.nginx_image,
+        "ports": [f"{settings.nginx_host}:{settings.nginx_port}:{CONTAINER_NGINX_PORT}"],
         "volumes": ["./nginx.conf:/etc/nginx/nginx.conf:ro"],
         "depends_on": {name: {"condition": "service_healthy"} for name in names},
         "restart": "unless-stopped",
@@ -216,8 +240,13 @@ def compose_file(settings: DeploymentSettings) -> str:
 def write_deployment(settings: DeploymentSettings) -> list[Path]:
     """compose.yaml and nginx.conf, rendered into the settings file's folder: their paths."""
     upstreams = [f"{name}:{settings.replica_port}" for name in replica_names(settings)]
-    files = {"compose.yaml": compose_file(settings),
-             "nginx.conf": nginx_conf(settings, upstreams, str(CONTAINER_NGINX_PORT))}
+    return write_files(settings, {"compose.yaml": compose_file(settings),
+                                  "nginx.conf": nginx_conf(settings, upstreams,
+                                                           str(CONTAINER_NGINX_PORT))})
+
+
+def write_files(settings: DeploymentSettings, files: dict[str, str]) -> list[Path]:
+    """``{name: content}`` written into the settings file's folder: their paths."""
     for name, content in files.items():
         (settings.folder / name).write_text(content)
     return [settings.folder / name for name in files]

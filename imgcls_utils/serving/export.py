@@ -22,14 +22,12 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from ..config import Config
-from ..data.input_pipeline import make_dataset
-from ..data.processed import ProcessedData
 from ..errors import UserError
 from ..files import file_sha256, locked, staged
 from ..quiet_tensorflow import keras, tensorflow_logs_above_warnings, tf
@@ -37,7 +35,12 @@ from ..training.model_folders import MODEL_FILE, load_model_folder, model_name, 
 from . import tflite
 from .graph import (IMAGES_INPUT, PIXELS_SIGNATURE, PROBABILITIES, SERVING_SIGNATURE, ExportedGraph,
                     ServingModule)
-from .graph_inputs import graph_input_problem
+from .graph_inputs import file_not_reproduced, graph_decoded, not_reproduced_inputs
+
+if TYPE_CHECKING:  # the report's data stage; an export without it (and the server) needs none
+    import pandas as pd
+
+    from ..data.processed import ProcessedData
 
 ASSETS_EXTRA = "assets.extra"
 EXPORT_INFO = "imgcls.json"
@@ -78,9 +81,32 @@ class ExportedVersion:
         path = self.folder / REPORT_FILE
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def report_text(self) -> str:
+        """The report as ``imgcls export`` prints it: the graph's parity (and the test files it
+        does not decode as training does), then the TensorFlow Lite table."""
+        parity = self.report["parity"]
+        lines = [f"graph vs imgcls predict on {parity['images']} test images: top-1 agreement "
+                 f"{_number(parity['top1_agreement'], '.4f')}, largest probability difference "
+                 f"{_number(parity['max_probability_difference'], '.2g')}, largest pixel "
+                 f"difference {_number(parity['max_pixel_difference'], '.0f')}"]
+        left_out = parity.get("not_reproduced_by_graph", {"files": {}})["files"]
+        if left_out:
+            lines.append(f"{len(left_out)} test image(s) the graph alone does not decode as "
+                         "training does (imgcls serve and predict decode them as training "
+                         f"does; {REPORT_FILE} lists them): " + ", ".join(
+                             f"{name} ({why})" for name, why in list(left_out.items())[:5])
+                         + (", ..." if len(left_out) > 5 else ""))
+        return "\n".join([*lines, self.tflite_table().to_string()])
+
     def tflite_table(self) -> pd.DataFrame:
         """File size, test accuracy and images/s of the Keras model and each ``.tflite`` file."""
+        import pandas as pd
+
         return pd.DataFrame(self.report["tflite"]).set_index("model")
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def export_model(model_folder: Path, exports_dir: Path,
@@ -98,6 +124,7 @@ def export_model(model_folder: Path, exports_dir: Path,
             "max_pixels": data["max_pixels"], "temperature": temperature(model_folder),
             "model_folder": str(Path(model_folder).resolve()),
             "model_sha256": file_sha256(Path(model_folder) / MODEL_FILE),
+            "graph_does_not_reproduce": not_reproduced_inputs(data["channels"]),
             "created": datetime.now().isoformat(timespec="seconds")}
     model_exports = Path(exports_dir) / name
     with locked(model_exports), tensorflow_logs_above_warnings():
@@ -134,6 +161,8 @@ def tflite_report(model: keras.Model, folder: Path, processed: ProcessedData, mo
 
 def calibration_images(processed: ProcessedData) -> np.ndarray:
     """Training images in shuffled order (all classes), for the int8 variant's ranges."""
+    from ..data.input_pipeline import make_dataset
+
     dataset = make_dataset(processed, "train", tflite.CALIBRATION_IMAGES, training=True,
                            cache=False)
     images, _ = next(iter(dataset))
@@ -142,6 +171,8 @@ def calibration_images(processed: ProcessedData) -> np.ndarray:
 
 def split_arrays(processed: ProcessedData, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A split's float32 pixels and labels, in its shards' order."""
+    from ..data.input_pipeline import make_dataset
+
     batches = list(make_dataset(processed, split, 256, cache=False))
     return (np.concatenate([images.numpy() for images, _ in batches]),
             np.concatenate([labels.numpy() for _, labels in batches]))
@@ -152,23 +183,56 @@ def graph_parity(folder: Path, model: keras.Model, processed: ProcessedData, dat
     """The exported graph on the test split's files (decoding included) against the model as
     trained on training's pixels for them (the test shards' ``pixels``, which are what ``imgcls
     predict`` feeds it: tests/test_preprocessing_parity.py): top-1 agreement and the largest
-    probability and pixel differences."""
+    probability and pixel differences. Files the graph alone does not decode as training does
+    (``graph_inputs.NOT_REPRODUCED``, or refused by it) are counted and listed, not compared:
+    imgcls serve and predict decode them as training does."""
     paths = [processed.image_folder / path for path in processed.paths("test")]
-    readable = np.array([not graph_input_problem(path, data["max_pixels"]) for path in paths])
-    paths, training_pixels = [p for p, ok in zip(paths, readable) if ok], pixels[readable]
-    exported = ExportedGraph(folder)
-    batches = [[path.read_bytes() for path in paths[start:start + PARITY_BATCH]]
-               for start in range(0, len(paths), PARITY_BATCH)]
-    graph = np.concatenate([exported.classify_images(batch)[PROBABILITIES] for batch in batches])
-    graph_pixels = np.concatenate([exported.decode(batch) for batch in batches])
+    compared, graph, graph_pixels, left_out = _graph_on_files(ExportedGraph(folder), paths,
+                                                              data["channels"])
+    return {"images": len(compared), "test_images": processed.count("test"),
+            **_agreement(model, graph, graph_pixels, pixels[compared]),
+            "not_reproduced_by_graph": {
+                "count": len(left_out),
+                "files": {str(paths[index].relative_to(processed.image_folder)): why
+                          for index, why in sorted(left_out.items())}}}
+
+
+def _agreement(model: keras.Model, graph: np.ndarray, graph_pixels: np.ndarray,
+               training_pixels: np.ndarray) -> dict:
+    """Top-1 agreement and the largest differences of the graph's probabilities and pixels
+    with the model's on training's pixels (None for no image)."""
+    if not len(graph):
+        return dict.fromkeys(("top1_agreement", "max_probability_difference",
+                              "max_pixel_difference"))
     # Batch by batch, as imgcls predict runs it (Keras' predict on an array builds a tf.data
     # pipeline that TensorFlow 2.21 rewrites, logging an E0000 line, under op determinism).
     trained = np.concatenate([model.predict_on_batch(training_pixels[start:start + PARITY_BATCH])
                               for start in range(0, len(training_pixels), PARITY_BATCH)])
-    return {"images": len(paths), "test_images": processed.count("test"),
-            "top1_agreement": float(np.mean(graph.argmax(-1) == trained.argmax(-1))),
+    return {"top1_agreement": float(np.mean(graph.argmax(-1) == trained.argmax(-1))),
             "max_probability_difference": float(np.abs(graph - trained).max()),
             "max_pixel_difference": float(np.abs(graph_pixels - training_pixels).max())}
+
+
+def _graph_on_files(exported: ExportedGraph, paths: list[Path], channels: int):
+    """``(indices compared, the graph's probabilities and pixels for them, {index: why left
+    out})``: each file decoded and classified by the graph alone, batch by batch."""
+    compared, probabilities, pixels, left_out = [], [], [], {}
+    for start in range(0, len(paths), PARITY_BATCH):
+        batch = {}
+        for index, path in enumerate(paths[start:start + PARITY_BATCH], start):
+            if case := file_not_reproduced(path, channels):
+                left_out[index] = case
+            else:
+                batch[index] = path.read_bytes()
+        decoded, refused = graph_decoded(exported.decode, batch)
+        left_out.update((index, f"refused by the graph: {why}") for index, why in refused.items())
+        if decoded:
+            compared += list(decoded)
+            pixels.append(np.stack(list(decoded.values())))
+            probabilities.append(exported.classify_pixels(pixels[-1])[PROBABILITIES])
+    if not compared:
+        return compared, np.zeros((0, 0)), np.zeros((0, 0)), left_out
+    return compared, np.concatenate(probabilities), np.concatenate(pixels), left_out
 
 
 def float32_copy(model: keras.Model) -> keras.Model:

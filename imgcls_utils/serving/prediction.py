@@ -26,7 +26,7 @@ from ..quiet_tensorflow import keras
 from ..training.model_folders import load_model_folder
 from .export import ExportedVersion, find_version, is_export
 from .graph import PROBABILITIES, ExportedGraph
-from .graph_inputs import RefusedInputs, graph_input_problem, run_naming_refused
+from .graph_inputs import decode_as_training, graph_input_problem
 from .tflite import load_tflite
 
 BATCH_SIZE = 128
@@ -89,31 +89,26 @@ def classify_batch(model: keras.Model, class_names: list[str],
 def predict_files_with_export(version: ExportedVersion, paths: list[Path], top_k: int = 3,
                               batch_size: int = BATCH_SIZE) -> list[Prediction]:
     """A Prediction for every image file by an exported model from the files' bytes, decoded by
-    its graph as TensorFlow Serving runs it; a file the graph cannot take gets its reason."""
+    its graph as TensorFlow Serving runs it, or as training decodes them where the graph alone
+    would not (``graph_inputs.decode_as_training``); a file neither takes gets its reason."""
     graph = ExportedGraph(version.folder)
     files = image_files(paths)
     errors = {path: graph_input_problem(path, version.info["max_pixels"]) for path in files}
     good = [path for path in files if not errors[path]]
     probabilities = {}
     for start in range(0, len(good), batch_size):
-        probabilities.update(_graph_probabilities(graph, good[start:start + batch_size], errors))
+        batch = good[start:start + batch_size]
+        decoded = decode_as_training([path.read_bytes() for path in batch], graph.decode,
+                                     version.info)
+        errors.update((path, pixels) for path, pixels in zip(batch, decoded)
+                      if isinstance(pixels, str))
+        taken = [(path, pixels) for path, pixels in zip(batch, decoded)
+                 if not isinstance(pixels, str)]
+        if taken:
+            classified = graph.classify_pixels(np.stack([pixels for _, pixels in taken]))
+            probabilities.update(zip([path for path, _ in taken], classified[PROBABILITIES]))
     return [Prediction(path, _top(probabilities[path], version.class_names, top_k))
             if path in probabilities else Prediction(path, [], errors[path]) for path in files]
-
-
-def _graph_probabilities(graph: ExportedGraph, batch: list[Path], errors: dict) -> dict:
-    """``path -> probabilities`` for a batch of files; the files the graph refuses (ones Pillow
-    reads and TensorFlow does not) are left out, their reason noted in ``errors``."""
-    def classify(files: list[Path]):
-        return graph.classify_images([path.read_bytes() for path in files])[PROBABILITIES]
-
-    try:
-        return dict(zip(batch, run_naming_refused(classify, batch)))
-    except RefusedInputs as refusal:
-        for index, why in refusal.refused.items():
-            errors[batch[index]] = f"not decodable by the exported graph ({why})"
-        taken = [path for index, path in enumerate(batch) if index not in refusal.refused]
-        return dict(zip(taken, classify(taken))) if taken else {}
 
 
 def predict(model: Path, images: list[Path], top_k: int = 3) -> list[Prediction]:

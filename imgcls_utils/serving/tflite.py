@@ -12,13 +12,16 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ..data.images import PILLOW_PIXEL_LIMIT
 from ..errors import UserError
 from ..quiet_tensorflow import keras, tf, without_tflite_notices
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 VARIANTS = ("float32", "float16", "int8")
 CALIBRATION_IMAGES = 256
@@ -122,6 +125,8 @@ def write_variants(model: keras.Model, folder: Path, calibration: np.ndarray) ->
 def compare(model: keras.Model, model_file: Path, variants: dict[str, Path],
             pixels: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     """File size, test accuracy and images/s of the Keras model and of each variant."""
+    import pandas as pd  # the export's report alone: imgcls predict on a .tflite file needs none
+
     rows = [_measured("Keras (.keras)", model_file, lambda batch: model.predict_on_batch(batch),
                       pixels, labels)]
     for variant, path in variants.items():

@@ -15,18 +15,21 @@ import platform
 import shutil
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from ..config import Config, load_config
-from ..data.processed import ProcessedData
 from ..data.sources import source_name
 from ..errors import UserError
-from ..evaluation.calibration import with_temperature
 from ..files import file_sha256, publish, relative_files
 from ..quiet_tensorflow import keras, tf
 from .hardware import Hardware
+from .models import output_layer
+
+if TYPE_CHECKING:  # only named: loading a model folder needs none of the data stage
+    from ..data.processed import ProcessedData
 
 # The layout of a model folder (and of its run's .resumable folder), in one place.
 MODEL_FILE = "model.keras"
@@ -193,6 +196,19 @@ def load_model_folder(folder: Path) -> tuple[keras.Model, list[str], dict]:
                                "folder from a backup or retrain") from None
     class_names = json.loads((folder / CLASS_NAMES_FILE).read_text())
     return with_temperature(model, temperature(folder)), class_names, config
+
+
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """``model`` giving ``softmax(log p / T)``: its softmax output layer's kernel and bias
+    divided by ``T`` in place (``softmax(z / T)`` is the same thing), so every copy of the
+    model, exported graphs and TensorFlow Lite files included, computes the calibrated
+    probabilities with no extra layer."""
+    output = output_layer(model)
+    if temperature != 1.0:
+        for weight in (output.kernel, output.bias):
+            if weight is not None:
+                weight.assign(weight / temperature)
+    return model
 
 
 def temperature(folder: Path) -> float:
