@@ -32,7 +32,8 @@ def test_prepare_builds_then_reuses_then_rebuilds_on_change(class_folder, make_c
         "data.image_size": [20, 20]})))
     assert not rebuilt.reused and rebuilt.input_shape == (20, 20, 1)
     visible = sorted(p.name for p in rebuilt.folder.parent.iterdir() if p.name[0] != ".")
-    assert visible == sorted([first.folder.name, rebuilt.folder.name, "images.scan-cache.json"])
+    assert visible == sorted([first.folder.name, rebuilt.folder.name, "images.duplicates.csv",
+                              "images.manifest"])
     assert first.folder.name.startswith("images-16x16x1-")
 
 
@@ -115,7 +116,7 @@ def test_training_shards_mix_the_classes(class_folder, make_config):
 
 def test_evaluation_datasets_keep_the_split_table_order_across_shards(class_folder, make_config,
                                                                    monkeypatch):
-    monkeypatch.setattr("imgcls_utils.data.processed.SHARD_SIZE", 2)
+    monkeypatch.setattr("imgcls_utils.data.shards.SHARD_SIZE", 2)
     processed = data_utils.process_data(make_config(**small(class_folder, **{
         "data.val_fraction": 0.3, "data.train_fraction": 0.55})))
     assert len(processed.shards("val")) > 2
@@ -193,7 +194,7 @@ def test_a_full_disk_while_writing_shards_keeps_the_previous_processed_data(clas
     before = data_utils.process_data(cfg)
     kept = tree_hashes(before.folder)
     write_image(class_folder / "dog" / "new.png", seed=998)  # the next run must rebuild
-    monkeypatch.setattr("imgcls_utils.data.processed._example", disk_full)
+    monkeypatch.setattr("imgcls_utils.data.shards.example", disk_full)
     with pytest.raises(OSError, match="No space left"):
         data_utils.process_data(cfg)
     assert tree_hashes(before.folder) == kept
@@ -204,9 +205,9 @@ def test_a_full_disk_while_writing_shards_keeps_the_previous_processed_data(clas
 
 
 def test_a_full_disk_is_one_clear_line_on_the_command_line(class_folder, project):
-    script = ("import errno, sys; import imgcls_utils.data.processed as p; from imgcls_utils import cli\n"
+    script = ("import errno, sys; import imgcls_utils.data.shards as s; from imgcls_utils import cli\n"
               "def full(*a): raise OSError(errno.ENOSPC, 'No space left on device')\n"
-              "p._example = full\n"
+              "s.example = full\n"
               f"sys.exit(cli.main(['prepare', '--set=data.source={class_folder}']))")
     done = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True,
                           text=True, timeout=300)
