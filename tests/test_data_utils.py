@@ -1,4 +1,5 @@
 import errno
+import os
 import subprocess
 import sys
 
@@ -226,3 +227,35 @@ def test_a_small_training_split_is_passed_over_until_an_epoch_has_enough_steps(
     labels = np.concatenate([labels for _, labels in datasets["train"]])
     assert np.bincount(labels).tolist() == [passes * n for n in processed.label_counts("train")]
     assert len(datasets["val"]) == -(-processed.count("val") // 8)  # evaluation: one pass
+
+
+def test_reuse_trusts_sizes_and_times_and_verify_hashes_every_file(class_folder, make_config,
+                                                                  capsys):
+    cfg = make_config(**small(class_folder))
+    folder = data_utils.process_data(cfg).folder
+    shard = folder / "train-00000-of-00001.tfrecord"
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    assert data_utils.process_data(cfg).reused  # touched, not changed: hashed once and kept
+    stat, content = shard.stat(), bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 1
+    shard.write_bytes(bytes(content))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time
+    capsys.readouterr()
+    assert data_utils.process_data(cfg).reused
+    rebuilt = data_utils.process_data(cfg, verify=True)
+    assert not rebuilt.reused and "train-00000-of-00001.tfrecord changed" in capsys.readouterr().err
+    assert data_utils.process_data(cfg, verify=True).reused
+
+
+def test_unchanged_inputs_reuse_the_groups_and_the_split_without_computing_them(
+        class_folder, make_config, monkeypatch):
+    cfg = make_config(**small(class_folder))
+    first = data_utils.process_data(cfg)
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr("imgcls_utils.data.duplicates.find_groups", recomputed)
+    monkeypatch.setattr("imgcls_utils.data.processed.split_images", recomputed)
+    again = data_utils.process_data(cfg)
+    assert again.reused and again.images.equals(first.images)

@@ -31,8 +31,9 @@ from ..errors import UserError
 LOCAL, RAY, AUTO = "local", "ray", "auto"
 # A task whose worker process died (killed, out of memory, its machine lost) runs again.
 TASK_RETRIES = 3
+START_ATTEMPTS = 3
 IN_FLIGHT_PER_CPU = 4  # enough queued that no core waits for the driver
-RAY_DEFAULTS = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+RAY_DEFAULTS = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
 
 
 def ray_installed() -> bool:
@@ -128,15 +129,28 @@ def _result(ray, ref) -> Any:
 
 
 def _start_ray(workers: int | None, options: dict) -> None:
-    """Start (or join, with ``address`` in ``options``) Ray once per process."""
+    """Start (or join, with ``address`` in ``options``) Ray once per process. Ray waits a fixed
+    30 s for its node to register; on a machine busy with other work that can pass, and a
+    second try then finds the processes warm."""
     import ray
 
     if ray.is_initialized():
         return
     settings = {**RAY_DEFAULTS, **options}
-    if "address" not in settings and workers:
-        settings.setdefault("num_cpus", workers)  # a local instance runs this many at once
-    ray.init(**settings)
+    if "address" not in settings and not os.environ.get("RAY_ADDRESS"):  # set in a Ray job
+        # This process's own instance, even when another one runs on the machine (Ray would
+        # join that one), running ``workers`` tasks at once.
+        settings["address"] = "local"
+        if workers:
+            settings.setdefault("num_cpus", workers)
+    for attempt in range(START_ATTEMPTS):
+        try:
+            ray.init(**settings)
+            return
+        except Exception as error:  # Ray raises a bare Exception for this one
+            if "timed out during startup" not in str(error) or attempt == START_ATTEMPTS - 1:
+                raise
+            ray.shutdown()
 
 
 def batches(items: Iterable, size: int) -> list[list]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,7 +204,7 @@ def _inspect_all(folder: Path, candidates: pd.DataFrame, limits: Limits,
     if verify and len(reused_rows):
         reused_rows = _still_the_same(folder, known.take(reused_rows), reused_rows, engine)
     todo = sorted(set(candidates["path"]) - set(known.records["path"].iloc[reused_rows]))
-    pieces = [known.take(reused_rows)]
+    pieces, started = [known.take(reused_rows)], time.perf_counter()
     if todo:
         if manifest:
             manifest.start()
@@ -221,7 +222,8 @@ def _inspect_all(folder: Path, candidates: pd.DataFrame, limits: Limits,
     if manifest and (todo or len(known.records) != len(inspected.records)):
         manifest.merge(inspected)
     return inspected, {"files": len(candidates), "inspected": len(todo),
-                       "reused": len(candidates) - len(todo)}
+                       "reused": len(candidates) - len(todo),
+                       "inspect_seconds": time.perf_counter() - started}
 
 
 def _still_the_same(folder: Path, reused: Inspected, rows: np.ndarray,
