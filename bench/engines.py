@@ -45,7 +45,7 @@ MODULES = {"ray": "ray", "beam": "apache_beam"}
 
 def child(engine: str, workers: int, folder: Path, work: Path) -> None:
     """Start the engine, then inspect every file of ``folder`` on it; print one JSON line."""
-    from imgcls_utils.data.engine import Engine, batches
+    from imgcls_utils.data.engine import Engine
     from imgcls_utils.data.manifest import Manifest
     from imgcls_utils.data.scan import INSPECT_BATCH, Limits, _walk
 
@@ -61,9 +61,10 @@ def child(engine: str, workers: int, folder: Path, work: Path) -> None:
     limits = Limits()
     manifest = Manifest(work / "images.manifest", limits.manifest_settings())
     manifest.start()
-    context = (folder, limits, candidates.set_index("path"), manifest)
+    work = [candidates.iloc[start:start + INSPECT_BATCH]
+            for start in range(0, len(candidates), INSPECT_BATCH)]
     started = time.perf_counter()
-    run(_inspect_and_save, batches(candidates["path"].tolist(), INSPECT_BATCH), context)
+    run(_inspect_and_save, work, (folder, limits, manifest))
     seconds = time.perf_counter() - started
     assert len(manifest.load().records) == len(candidates)
     print(json.dumps({"start_up": start_up, "inspect": seconds, "images": len(candidates)}))
@@ -73,12 +74,12 @@ def _nothing(item, shared):
     return item
 
 
-def _inspect_and_save(paths: list[str], context: tuple) -> int:
+def _inspect_and_save(files, context: tuple) -> int:
     from imgcls_utils.data.scan import inspect_batch
 
-    folder, limits, stamps, manifest = context
-    manifest.add(inspect_batch(paths, (folder, limits, stamps)))
-    return len(paths)
+    folder, limits, manifest = context
+    manifest.add(inspect_batch(files, (folder, limits)))
+    return len(files)
 
 
 def _beam_map(function, items: list, context, workers: int) -> None:

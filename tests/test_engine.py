@@ -1,5 +1,5 @@
-"""The data stages on Ray give the same bytes as in this process, and survive a killed worker.
-These tests need the scale extra (pip install 'imgcls[scale]'; make test installs it)."""
+"""The data stages on a Ray cluster give the same bytes as in this process, and survive a killed
+worker. These tests need the scale extra (pip install 'imgcls[scale]'; make test installs it)."""
 
 import threading
 import time
@@ -23,11 +23,35 @@ OUTPUTS = ("split.csv", "dataset.json")
 
 @pytest.fixture(scope="module")
 def ray_engine():
-    """One local Ray instance of 2 workers for this module's tests, stopped after them."""
+    """A Ray cluster of two nodes of one core each, started on this machine with Ray's own
+    cluster utilities, and the engine that joins it as a cluster is joined (its address in
+    ``engine.options``): tasks run on both nodes and write into the same folders."""
     import ray
 
-    yield Engine(engines.RAY, workers=2)
+    cluster = two_node_cluster()
+    yield Engine(engines.RAY, options={"address": cluster.address})
     ray.shutdown()
+    cluster.shutdown()
+
+
+def two_node_cluster():
+    """Ray waits a fixed 30 s for a node to register, which a machine busy with other work can
+    exceed: a node that timed out is started again, as the engine does (START_ATTEMPTS)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster()
+    for node in range(2):
+        for attempt in range(engines.START_ATTEMPTS):
+            try:
+                cluster.add_node(num_cpus=1)
+                break
+            except Exception as error:  # Ray raises a bare Exception for this one
+                if "timed out during startup" not in str(error) or \
+                        attempt == engines.START_ATTEMPTS - 1:
+                    cluster.shutdown()
+                    raise
+    cluster.wait_for_nodes()
+    return cluster
 
 
 def built_files(processed) -> dict[str, bytes]:

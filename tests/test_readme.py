@@ -81,7 +81,7 @@ def check_arguments(command: str) -> None:
     elif program == "papermill":
         check_papermill_arguments(args)
     elif program == "pip":  # an extra of this package
-        extras = re.fullmatch(r"imgcls\[(\w+)\]", args[-1])[1]
+        extras = re.fullmatch(r"(?:imgcls|\.)\[(\w+)\]", args[-1])[1]
         assert args[0] == "install" and extras in tomllib.loads(
             (REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     elif program == "ray" and args[0] == "start":  # the head node, or one joining it

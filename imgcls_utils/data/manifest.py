@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..files import write_atomically
+from ..files import staged, write_atomically
 from .duplicates import AVERAGE_BYTES, HASH_BYTES
 
 MANIFEST_SUFFIX = ".manifest"
@@ -114,15 +114,24 @@ class Manifest:
 
     def add(self, inspected: Inspected) -> None:
         """Publish one finished batch of records as a new part."""
-        write_atomically(self.folder / f"part-{uuid.uuid4().hex}.csv",
-                         inspected.table()[COLUMNS].to_csv(index=False))
+        _write_part(self.folder / f"part-{uuid.uuid4().hex}.csv", inspected)
 
     def merge(self, current: Inspected) -> None:
         """Replace every part by one holding exactly ``current`` (the files of the last scan)."""
         old = [part for part in self.folder.glob("part-*.csv") if part.name != MERGED_PART]
-        write_atomically(self.folder / MERGED_PART, current.table()[COLUMNS].to_csv(index=False))
+        _write_part(self.folder / MERGED_PART, current)
         for part in old:
             part.unlink()
+
+
+def _write_part(path: Path, inspected: Inspected) -> None:
+    """Write a part out of sight, ``READ_CHUNK`` rows at a time (the hex text of a million
+    hashes is never in memory at once), and publish it by a rename."""
+    with staged(path, folder=False) as staging, open(staging, "w", newline="") as handle:
+        for start in range(0, max(1, len(inspected.records)), READ_CHUNK):
+            chunk = inspected.take(np.arange(start, min(start + READ_CHUNK,
+                                                        len(inspected.records))))
+            chunk.table()[COLUMNS].to_csv(handle, index=False, header=start == 0)
 
 
 def _read_part(part: Path) -> list[Inspected]:

@@ -208,11 +208,12 @@ def _inspect_all(folder: Path, candidates: pd.DataFrame, limits: Limits,
     if todo:
         if manifest:
             manifest.start()
-        context = (folder, limits, candidates.set_index("path").loc[todo])
+        listed = candidates.set_index("path").loc[todo]
+        work = [listed.iloc[start:start + INSPECT_BATCH].reset_index()
+                for start in range(0, len(listed), INSPECT_BATCH)]
         with tqdm(total=len(todo), desc=f"scanning {folder.name}", unit="file", leave=False,
                   mininterval=1.0, disable=None) as progress:
-            for _, fresh in engine.map_unordered(inspect_batch, batches(todo, INSPECT_BATCH),
-                                                 context):
+            for _, fresh in engine.map_unordered(inspect_batch, work, (folder, limits)):
                 if manifest:
                     manifest.add(fresh)
                 pieces.append(fresh)
@@ -240,16 +241,16 @@ def hash_batch(paths: list[str], folder: Path) -> list[str]:
     return [file_sha256(folder / path) for path in paths]
 
 
-def inspect_batch(paths: list[str], context: tuple) -> Inspected:
-    """One task: the records of a batch of files, stamped with the size and modification time
-    they had when listed."""
-    folder, limits, stamps = context
+def inspect_batch(files: pd.DataFrame, context: tuple) -> Inspected:
+    """One task: the records of a batch of files (``path``, and the ``size`` and ``mtime_ns``
+    they had when listed, which stamp the records)."""
+    folder, limits = context
     with pixel_limit_checked_by_caller():
-        records = [_inspect(folder, path, limits) for path in paths]
+        records = [_inspect(folder, path, limits) for path in files["path"]]
     table = pd.DataFrame(records).reindex(columns=["path", *RECORD_COLUMNS, "phash", "average"])
     table[["phash", "average"]] = table[["phash", "average"]].fillna("")
-    table.insert(1, "size", stamps.loc[paths, "size"].to_numpy())
-    table.insert(2, "mtime_ns", stamps.loc[paths, "mtime_ns"].to_numpy())
+    table.insert(1, "size", files["size"].to_numpy())
+    table.insert(2, "mtime_ns", files["mtime_ns"].to_numpy())
     return Inspected.from_table(table)
 
 
