@@ -36,7 +36,7 @@ COLUMNS = [*STAMP_COLUMNS, *RECORD_COLUMNS, *HASH_COLUMNS]
 DTYPES = {"path": str, "size": "int64", "mtime_ns": "int64", "problem": str, "reason": str,
           "mode": str, "format": str, "sha256": str, "phash": str, "average": str}
 NULLABLE = ["problem", "reason", "width", "height", "mode", "format", "frames", "sha256"]
-READ_CHUNK = 50_000  # rows converted at a time: the hex hashes never all sit in memory as text
+READ_CHUNK = 10_000  # rows converted at a time: the hex hashes never all sit in memory as text
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,7 @@ def scan_image_folder(folder: Path, data: Section | None = None, manifest_dir: P
     engine = (engine or Engine()).for_files(len(candidates))
     manifest = Manifest(manifest_dir, limits.manifest_settings()) if manifest_dir else None
     inspected, stats = _inspect_all(folder, candidates, limits, manifest, engine, verify)
+    del candidates  # the records hold the paths now: a million of them is memory worth freeing
     usable = inspected.records["problem"].isna().to_numpy()
     images = _placed(inspected.records[usable], official)
     skipped += inspected.records.loc[~usable, SKIPPED_COLUMNS].to_dict("records")
@@ -282,9 +284,11 @@ def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
 
 
 def _placed(records: pd.DataFrame, official_split: bool) -> pd.DataFrame:
-    """The usable images' records with the class and official part their paths give them."""
+    """The usable images' records with the class and official part their paths give them (each
+    name one string object, however many images share it)."""
     placed = [part_and_class(path, official_split) for path in records["path"]]
-    return records.assign(part=[part for part, _ in placed], label=[label for _, label in placed],
+    return records.assign(part=[sys.intern(part) for part, _ in placed],
+                          label=[sys.intern(label) for _, label in placed],
                           )[IMAGE_COLUMNS].reset_index(drop=True)
 
 
