@@ -77,9 +77,7 @@ def _nothing(item, shared):
 def _inspect_and_save(files, context: tuple) -> int:
     from imgcls_utils.data.scan import inspect_batch
 
-    folder, limits, manifest = context
-    manifest.add(inspect_batch(files, (folder, limits)))
-    return len(files)
+    return inspect_batch(files, context)
 
 
 def _beam_map(function, items: list, context, workers: int) -> None:

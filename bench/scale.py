@@ -114,7 +114,7 @@ def child(folder: Path, work: Path, runner: str, workers: int, stages: str,
     from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
     from imgcls_utils.data.engine import Engine
     from imgcls_utils.data.processed import process_scan
-    from imgcls_utils.data.scan import scan_image_folder
+    from imgcls_utils.data_utils import scan_image_folder
 
     cfg = load_config(REPO / CONFIG_RELATIVE_PATH, overrides={
         "data.image_size": [image_size, image_size], "data.channels": channels,
@@ -127,6 +127,8 @@ def child(folder: Path, work: Path, runner: str, workers: int, stages: str,
     scan = scan_image_folder(folder, cfg.data, work / "images.manifest", engine)
     times["scan"] = time.perf_counter() - started
     if stages == "all":
+        if runner == "local":  # the driver's one-time TensorFlow import is not a per-image cost
+            from imgcls_utils.quiet_tensorflow import tf  # noqa: F401
         started = time.perf_counter()
         process_scan(scan, cfg.data, work, engine)
         times["process"] = time.perf_counter() - started
@@ -222,9 +224,11 @@ def _hours(seconds: float) -> str:
 def main(base: int, root: Path, runner: str) -> None:
     load = [os.getloadavg()[0]]
     started = time.perf_counter()
-    full = corpus(root, base * 100)
-    folders = {base: subset(full, root, base), base * 10: subset(full, root, base * 10),
-               base * 100: full}
+    larger = [int(path.parent.name) for path in root.glob(f"*/{CORPUS_MARKER}")
+              if path.parent.name.isdigit() and int(path.parent.name) > base * 100]
+    full = corpus(root, min(larger, default=base * 100))
+    folders = {size: subset(full, root, size) if size < int(full.name) else full
+               for size in (base, base * 10, base * 100)}
     jpegs = jpeg_sample(root)
     print(f"corpora ready after {time.perf_counter() - started:.0f} s", flush=True)
     runs = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ from .duplicates import AVERAGE_BYTES, HASH_BYTES
 
 MANIFEST_SUFFIX = ".manifest"
 SETTINGS_FILE = "settings.json"
-MERGED_PART = "part-all.csv"
+# Parts are read oldest first, by name, and the newest record of a path wins: the merged part
+# sorts before the parts a later scan adds (named by the time they were written).
+MERGED_PART = "part-0-all.csv"
 STAMP_COLUMNS = ["path", "size", "mtime_ns"]
 RECORD_COLUMNS = ["problem", "reason", "width", "height", "mode", "format", "frames", "sha256"]
 HASH_COLUMNS = ["phash", "average"]
@@ -98,7 +101,7 @@ class Manifest:
                 return Inspected.empty()
         except (OSError, ValueError):
             return Inspected.empty()
-        parts = sorted(self.folder.glob("part-*.csv"), key=lambda p: p.stat().st_mtime_ns)
+        parts = sorted(self.folder.glob("part-*.csv"))
         loaded = Inspected.concat([piece for part in parts for piece in _read_part(part)])
         newest = ~loaded.records["path"].duplicated(keep="last").to_numpy()
         return loaded.take(np.flatnonzero(newest))
@@ -114,7 +117,7 @@ class Manifest:
 
     def add(self, inspected: Inspected) -> None:
         """Publish one finished batch of records as a new part."""
-        _write_part(self.folder / f"part-{uuid.uuid4().hex}.csv", inspected)
+        _write_part(self.folder / f"part-{time.time_ns()}-{uuid.uuid4().hex}.csv", inspected)
 
     def merge(self, current: Inspected) -> None:
         """Replace every part by one holding exactly ``current`` (the files of the last scan)."""

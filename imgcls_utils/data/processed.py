@@ -100,7 +100,7 @@ def _settings(data: Section) -> str:
 def fingerprint(scan: ScanResult, data: Section) -> str:
     """A hash of every used file's path, label and content plus the settings."""
     digest = hashlib.sha256(_settings(data).encode())
-    for row in scan.images.sort_values("path").itertuples():
+    for row in scan.images.itertuples():  # in path order, as the scan sorts them
         digest.update(f"{row.path}\0{row.label}\0{row.sha256}\n".encode())
     return digest.hexdigest()
 
@@ -126,7 +126,8 @@ def process_scan(scan: ScanResult, data: Section, processed_dir: Path,
     """Split and write the shards of the trainable classes of a scan (see ``trained_classes``),
     unless the processed folder already matches them; the shards are tasks on ``engine``."""
     classes, left_out = trainable_classes(scan, data)
-    scan = replace(scan, images=scan.images[scan.images["label"].isin(classes)])
+    if left_out:  # a copy of a million rows only when some class is left out
+        scan = replace(scan, images=scan.images[scan.images["label"].isin(classes)])
     folder = processed_folder(scan.folder, processed_dir, data)
     key = fingerprint(scan, data)
     with locked(folder):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +32,8 @@ from .engine import Engine, batches
 from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS,
                      decode_thumbnail, is_hidden, pixel_limit_checked_by_caller, too_many_pixels)
 from .manifest import RECORD_COLUMNS, Inspected, Manifest
-from .sources import (TEST_PART, TRAIN_PART, has_official_split, part_and_class, resolve_source,
-                      subfolders)
+from .sources import (NO_PART, TEST_PART, TRAIN_PART, has_official_split, part_and_class,
+                      resolve_source, subfolders)
 
 # A thumbnail this size is plenty for a 64 x 64 pHash and decodes JPEGs at 1/8 scale.
 HASH_THUMBNAIL_SIDE = 128
@@ -105,14 +107,18 @@ def scan_image_folder(folder: Path, data: Section | None = None, manifest_dir: P
     official = has_official_split(folder)
     candidates, skipped = _walk(folder, official)
     engine = (engine or Engine()).for_files(len(candidates))
-    manifest = Manifest(manifest_dir, limits.manifest_settings()) if manifest_dir else None
-    inspected, stats = _inspect_all(folder, candidates, limits, manifest, engine, verify)
+    with _manifest_folder(manifest_dir) as where:
+        manifest = Manifest(where, limits.manifest_settings())
+        inspected, stats = _inspect_all(folder, candidates, limits, manifest, engine, verify)
     del candidates  # the records hold the paths now: a million of them is memory worth freeing
     usable = inspected.records["problem"].isna().to_numpy()
     images = _placed(inspected.records[usable], official)
     skipped += inspected.records.loc[~usable, SKIPPED_COLUMNS].to_dict("records")
-    images["group"], stats["candidate_pairs"] = _groups(images, inspected.take(np.flatnonzero(
-        usable)), limits, manifest, engine)
+    hashes = Inspected(images, inspected.phash[usable], inspected.average[usable])
+    del inspected
+    images["group"], stats["candidate_pairs"] = _groups(images, hashes, limits,
+                                                        manifest if manifest_dir else None, engine)
+    del hashes
     table = duplicates.duplicate_table(images)
     conflicting = table[table["conflict"]]
     skipped += [_conflict_record(conflicting, row) for row in conflicting.itertuples()]
@@ -131,6 +137,16 @@ def scan_source(cfg: Config, verify: bool = False) -> ScanResult:
     manifest_dir = Manifest.folder_for(cfg.path("processed_dir"), folder.name)
     return scan_image_folder(folder, cfg.data, manifest_dir, Engine.from_config(cfg.engine),
                              verify)
+
+
+@contextmanager
+def _manifest_folder(manifest_dir: Path | None) -> Iterator[Path]:
+    """``manifest_dir``, or a temporary folder for a scan that keeps no manifest."""
+    if manifest_dir is not None:
+        yield Path(manifest_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="imgcls-scan-") as temporary:
+        yield Path(temporary) / "manifest"
 
 
 # ----------------------------------------------------------------------------- walk
@@ -194,39 +210,44 @@ def _path_problem(entry: os.DirEntry, relative: str, root: Path,
 
 # ----------------------------------------------------------------------------- inspect
 
-def _inspect_all(folder: Path, candidates: pd.DataFrame, limits: Limits,
-                 manifest: Manifest | None, engine: Engine, verify: bool) -> tuple[Inspected, dict]:
+def _inspect_all(folder: Path, candidates: pd.DataFrame, limits: Limits, manifest: Manifest,
+                 engine: Engine, verify: bool) -> tuple[Inspected, dict]:
     """Every candidate's record, sorted by path: from the manifest when the file's path, size
     and modification time match its entry (and, with ``verify``, its content hash), else
-    inspected in tasks on ``engine``, each batch added to the manifest as it finishes."""
-    known = manifest.load() if manifest else Inspected.empty()
-    stamps = known.records[["path", "size", "mtime_ns"]].assign(row=np.arange(len(known.records)))
-    matched = candidates.merge(stamps, on=["path", "size", "mtime_ns"], how="left")
-    reused_rows = matched["row"].dropna().astype(np.int64).to_numpy()
-    if verify and len(reused_rows):
-        reused_rows = _still_the_same(folder, known.take(reused_rows), reused_rows, engine)
-    todo = sorted(set(candidates["path"]) - set(known.records["path"].iloc[reused_rows]))
-    pieces, started = [known.take(reused_rows)], time.perf_counter()
-    if todo:
-        if manifest:
-            manifest.start()
-        listed = candidates.set_index("path").loc[todo]
-        work = [listed.iloc[start:start + INSPECT_BATCH].reset_index()
-                for start in range(0, len(listed), INSPECT_BATCH)]
+    inspected in tasks on ``engine``, each adding its batch to the manifest as it finishes (the
+    records reach the driver from the manifest, not through the engine)."""
+    known = manifest.load()
+    reused = _matching_rows(candidates, known)
+    if verify and len(reused):
+        reused = _still_the_same(folder, known.take(reused), reused, engine)
+    todo = candidates[~candidates["path"].isin(known.records["path"].iloc[reused])]
+    started = time.perf_counter()
+    if len(todo):
+        manifest.start()
+        work = [todo.iloc[start:start + INSPECT_BATCH]
+                for start in range(0, len(todo), INSPECT_BATCH)]
         with tqdm(total=len(todo), desc=f"scanning {folder.name}", unit="file", leave=False,
                   mininterval=1.0, disable=None) as progress:
-            for _, fresh in engine.map_unordered(inspect_batch, work, (folder, limits)):
-                if manifest:
-                    manifest.add(fresh)
-                pieces.append(fresh)
-                progress.update(len(fresh.records))
-    inspected = Inspected.concat(pieces)
-    inspected = inspected.take(np.argsort(inspected.records["path"].to_numpy(), kind="stable"))
-    if manifest and (todo or len(known.records) != len(inspected.records)):
+            for _, count in engine.map_unordered(inspect_batch, work, (folder, limits, manifest)):
+                progress.update(count)
+        known = manifest.load()
+    rows = _matching_rows(candidates, known)
+    changed = len(todo) or len(known.records) != len(rows)
+    rows = rows[np.argsort(known.records["path"].to_numpy()[rows], kind="stable")]
+    inspected = known.take(rows)  # one copy, in path order
+    del known
+    if changed:
         manifest.merge(inspected)
     return inspected, {"files": len(candidates), "inspected": len(todo),
                        "reused": len(candidates) - len(todo),
                        "inspect_seconds": time.perf_counter() - started}
+
+
+def _matching_rows(candidates: pd.DataFrame, known: Inspected) -> np.ndarray:
+    """The rows of ``known`` whose path, size and modification time are a candidate's."""
+    stamps = known.records[["path", "size", "mtime_ns"]].assign(row=np.arange(len(known.records)))
+    matched = candidates.merge(stamps, on=["path", "size", "mtime_ns"], how="inner")
+    return matched["row"].to_numpy(np.int64)
 
 
 def _still_the_same(folder: Path, reused: Inspected, rows: np.ndarray,
@@ -243,17 +264,18 @@ def hash_batch(paths: list[str], folder: Path) -> list[str]:
     return [file_sha256(folder / path) for path in paths]
 
 
-def inspect_batch(files: pd.DataFrame, context: tuple) -> Inspected:
-    """One task: the records of a batch of files (``path``, and the ``size`` and ``mtime_ns``
-    they had when listed, which stamp the records)."""
-    folder, limits = context
+def inspect_batch(files: pd.DataFrame, context: tuple) -> int:
+    """One task: inspect a batch of files (``path``, and the ``size`` and ``mtime_ns`` they had
+    when listed, which stamp the records) and add their records to the manifest; how many."""
+    folder, limits, manifest = context
     with pixel_limit_checked_by_caller():
         records = [_inspect(folder, path, limits) for path in files["path"]]
     table = pd.DataFrame(records).reindex(columns=["path", *RECORD_COLUMNS, "phash", "average"])
     table[["phash", "average"]] = table[["phash", "average"]].fillna("")
     table.insert(1, "size", files["size"].to_numpy())
     table.insert(2, "mtime_ns", files["mtime_ns"].to_numpy())
-    return Inspected.from_table(table)
+    manifest.add(Inspected.from_table(table))
+    return len(files)
 
 
 def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
@@ -284,12 +306,12 @@ def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
 
 
 def _placed(records: pd.DataFrame, official_split: bool) -> pd.DataFrame:
-    """The usable images' records with the class and official part their paths give them (each
-    name one string object, however many images share it)."""
-    placed = [part_and_class(path, official_split) for path in records["path"]]
-    return records.assign(part=[sys.intern(part) for part, _ in placed],
-                          label=[sys.intern(label) for _, label in placed],
-                          )[IMAGE_COLUMNS].reset_index(drop=True)
+    """The usable images' records with the class and official part their paths give them (see
+    ``part_and_class``), worked out column by column: no Python object per image."""
+    folders = records["path"].str.split("/")
+    part = folders.str[0] if official_split else NO_PART
+    label = folders.str[1 if official_split else 0]
+    return records.assign(part=part, label=label)[IMAGE_COLUMNS].reset_index(drop=True)
 
 
 def _header_problem(facts: dict, limits: Limits) -> tuple[str, str] | None:

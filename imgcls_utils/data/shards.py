@@ -46,12 +46,12 @@ class ShardSettings:
 def in_shard_order(images: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The split table in the order the shards hold it: split by split, training shuffled
     with ``seed`` (the shuffle buffer only mixes records that are near each other in the
-    files), validation and test as they come."""
-    parts = []
+    files), validation and test as they come; one copy of the table, however large."""
+    order = []
     for split in SPLITS:
-        rows = images[images["split"] == split]
-        parts.append(rows.sample(frac=1, random_state=seed) if split == "train" else rows)
-    return pd.concat(parts, ignore_index=True)
+        rows = pd.Series(np.flatnonzero((images["split"] == split).to_numpy()))
+        order.append(rows.sample(frac=1, random_state=seed) if split == "train" else rows)
+    return images.take(np.concatenate(order)).reset_index(drop=True)
 
 
 def plan_shards(images: pd.DataFrame, class_names: list[str]) -> list[Shard]:
