@@ -6,7 +6,7 @@ corpora are hard links to the first images of the 100x one. Each size is scanned
 from nothing (inspect, duplicate grouping, split, shards at 32x32x1) in a fresh process on the
 engine given (Ray with 2 workers by default), which prints, per size: wall time per stage,
 images/s, the peak memory of the driver process and the candidate pairs checked. Then the
-inspect stage alone on the 10x corpus with 1 and with 2 workers, a sample of ~100 KB JPEGs
+inspect stage alone on the 10x corpus with 1 and with 2 workers, a sample of ~70 KB JPEGs
 (inspect, and shards at 224x224x3) for the extrapolation, and the goals:
 
 - images/s at 100x >= 0.8 x images/s at 1x;
@@ -42,7 +42,7 @@ CLASSES = 10
 SIDE = 32
 CORPUS_MARKER = ".complete"
 COPY_EVERY = 100  # one byte copy and one resized JPEG copy per 100 images
-JPEG_SAMPLE = 200  # ~100 KB photos for the ImageNet-like per-image costs
+JPEG_SAMPLE = 200  # ~70 KB photos of 500x375 for the ImageNet-like per-image costs
 GOALS = {"rate": 0.8, "memory_kb": 1.0, "exponent": 1.2, "workers": 1.6}
 
 
@@ -198,13 +198,13 @@ def report(runs: dict[int, dict], workers: dict[int, dict], jpeg: dict, load: li
 
 def extrapolate(large: dict, jpeg: dict, memory_kb: float, exponent: float) -> None:
     """ImageNet-1k and 10M images from the measured per-image costs: inspect and shards at the
-    ~100 KB JPEG sample's rates, grouping and the rest at the 100x corpus's, pairs by the
+    ~70 KB JPEG sample's rates, grouping and the rest at the 100x corpus's, pairs by the
     measured exponent; N workers assumed to scale as 2 did (the ratio above)."""
     inspect_rate = jpeg["inspect_rate"]
     shard_rate = jpeg["shard_rate"]
     rest = (sum(large["times"].values()) - large["times"]["start-up"] - large["inspect"]) \
         / large["images"]
-    print("\n| images | inspect (JPEGs ~100 KB) | shards 224x224x3 | grouping, split, rest | "
+    print("\n| images | inspect (JPEGs ~70 KB) | shards 224x224x3 | grouping, split, rest | "
           "total, 2 workers | total, 64 workers | driver memory | candidate pairs |\n"
           "|---|---|---|---|---|---|---|---|")
     for name, count in (("ImageNet-1k", 1_281_167), ("10M", 10_000_000)):
