@@ -32,7 +32,7 @@ notebooks: $(READY)  ## re-execute the committed notebooks in place
 $(READY): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[dev,notebooks,serving]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,notebooks,serving,scale]"
 	$(PYTHON) -m ipykernel install --sys-prefix --name imgcls --display-name "Python (imgcls)"
 	touch $(READY)
 

@@ -239,13 +239,13 @@ def training_rates(folder: Path, processed_dir: Path) -> tuple[str, dict[str, li
 
 # ----------------------------------------------------------------------------- 4. scan
 
-def scan_rates(folder: Path, images: int, cache_file: Path) -> list[float]:
-    """Files/s of a scan of ``folder`` without its cache, then with it."""
-    cfg = config(folder, cache_file.parent)
+def scan_rates(folder: Path, images: int, manifest: Path) -> list[float]:
+    """Files/s of a scan of ``folder`` without its manifest, then with it."""
+    cfg = config(folder, manifest.parent)
     rates = []
     for _ in range(2):
         started = time.perf_counter()
-        data_utils.scan_image_folder(folder, cfg.data, cache_file)
+        data_utils.scan_image_folder(folder, cfg.data, manifest)
         rates.append(images / (time.perf_counter() - started))
     return rates
 
@@ -313,7 +313,7 @@ def main(images: int) -> None:
         small_images = sum(1 for _ in small.rglob("*.jpg"))
         print(f"generated {images:,} JPEGs in {time.perf_counter() - started:.0f} s", flush=True)
 
-        scan = scan_rates(folder, images, work / "scan" / "scan-cache.json")
+        scan = scan_rates(folder, images, work / "scan" / "photos.manifest")
         throughput(small, small_images, work / "warm-up", rounds=1)  # imports, first tf.data use
         train_images, rates = throughput(folder, images, work / "throughput", THROUGHPUT_ROUNDS)
         print(f"throughput done after {time.perf_counter() - started:.0f} s", flush=True)

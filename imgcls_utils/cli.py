@@ -54,9 +54,10 @@ def cmd_process(args) -> int:
     cfg = _config_from_args(args)
     if args.list or args.clean:
         return _list_processed_variants(cfg, clean=args.clean)
-    processed = data_utils.process_data(cfg)
-    state = "reused (inputs unchanged)" if processed.reused else "built"
-    print(f"processed data {state}: {processed.folder}")
+    processed = data_utils.process_data(cfg, verify=args.verify)
+    checked = "every file hashed: unchanged" if args.verify else "inputs unchanged"
+    print(f"processed data {f'reused ({checked})' if processed.reused else 'built'}: "
+          f"{processed.folder}")
     print(data_utils.split_sizes(processed.images).to_string())
     return 0
 
@@ -69,10 +70,8 @@ def _list_processed_variants(cfg: Config, clean: bool) -> int:
         for name in data_utils.remove_variants(processed_dir, data_utils.current_variant(cfg)):
             print(f"removed {processed_dir / name}")
     variants = data_utils.processed_variants(processed_dir)
-    if variants.empty:
-        print(f"no processed data in {processed_dir}")
-    else:
-        print(variants.to_string(index=False))
+    print(f"no processed data in {processed_dir}" if variants.empty
+          else variants.to_string(index=False))
     return 0
 
 
@@ -322,6 +321,8 @@ def _parser() -> argparse.ArgumentParser:
                          "per source and settings), most recently used first, instead")
     process.add_argument("--clean", action="store_true", help="delete every processed variant "
                          "but the one the config uses, then list them")
+    process.add_argument("--verify", action="store_true", help="hash every source image and "
+                         "processed file, not trusting unchanged sizes and times")
     train = command("train", cmd_train, "process the data, train, evaluate and save a model folder")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its "
                        "last finished epoch: its .resumable folder or its name in models_dir")

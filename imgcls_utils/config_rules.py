@@ -97,6 +97,11 @@ def folder_names(minimum: int = 2) -> Rule:
                 and all(x and not x.startswith(".") and not {"/", "\\"} & set(x) for x in v))
 
 
+def mapping() -> Rule:
+    return Rule("mapping", lambda v: isinstance(v, dict), "a mapping of names to values",
+                lambda v: all(isinstance(key, str) for key in v))
+
+
 def identifier() -> Rule:
     return Rule("string", lambda v: isinstance(v, str), "letters, digits, '-' and '_' only",
                 lambda v: v != "" and all(c.isalnum() or c in "-_" for c in v))
@@ -133,6 +138,10 @@ RULES: dict[str, Rule] = {
     "data.cv_fold": either("none", integer(0), "an integer >= 0"),
     "data.cache": auto_or_boolean(),
     "data.cache_budget_mb": integer(0),
+    "engine.runner": choice("auto", "local", "ray"),
+    "engine.min_files": integer(0),
+    "engine.workers": either("auto", integer(1), "an integer >= 1"),
+    "engine.options": mapping(),
     "augment.enabled": boolean(),
     "augment.flip": choice("none", "horizontal", "vertical", "horizontal_and_vertical"),
     "augment.rotation": fraction(high_open=False),

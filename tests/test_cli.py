@@ -90,7 +90,7 @@ def test_scan_prints_every_skipped_file_imbalance_and_duplicates(project, tmp_pa
     assert "class imbalance: largest fox (14), smallest cat (12), ratio 1.17" in report
     assert "cat/truncated.jpg: truncated or corrupt image" in report
     assert "cat/link_out.png: symlink to" in report and "stray.jpg: file outside" in report
-    assert "(exact, conflicting labels: excluded): cat/same_as_dog_good0.png [cat]" in report
+    assert "(exact, conflicting labels: excluded, 2 images): cat/same_as_dog_good0.png [cat]" in report
     assert "fox/animated.gif: GIF, 2 frames" in report
 
 

@@ -1,4 +1,5 @@
 import errno
+import os
 import subprocess
 import sys
 
@@ -32,7 +33,8 @@ def test_prepare_builds_then_reuses_then_rebuilds_on_change(class_folder, make_c
         "data.image_size": [20, 20]})))
     assert not rebuilt.reused and rebuilt.input_shape == (20, 20, 1)
     visible = sorted(p.name for p in rebuilt.folder.parent.iterdir() if p.name[0] != ".")
-    assert visible == sorted([first.folder.name, rebuilt.folder.name, "images.scan-cache.json"])
+    assert visible == sorted([first.folder.name, rebuilt.folder.name, "images.duplicates.csv",
+                              "images.manifest"])
     assert first.folder.name.startswith("images-16x16x1-")
 
 
@@ -115,7 +117,7 @@ def test_training_shards_mix_the_classes(class_folder, make_config):
 
 def test_evaluation_datasets_keep_the_split_table_order_across_shards(class_folder, make_config,
                                                                    monkeypatch):
-    monkeypatch.setattr("imgcls_utils.data.processed.SHARD_SIZE", 2)
+    monkeypatch.setattr("imgcls_utils.data.shards.SHARD_SIZE", 2)
     processed = data_utils.process_data(make_config(**small(class_folder, **{
         "data.val_fraction": 0.3, "data.train_fraction": 0.55})))
     assert len(processed.shards("val")) > 2
@@ -193,7 +195,7 @@ def test_a_full_disk_while_writing_shards_keeps_the_previous_processed_data(clas
     before = data_utils.process_data(cfg)
     kept = tree_hashes(before.folder)
     write_image(class_folder / "dog" / "new.png", seed=998)  # the next run must rebuild
-    monkeypatch.setattr("imgcls_utils.data.processed._example", disk_full)
+    monkeypatch.setattr("imgcls_utils.data.shards.example", disk_full)
     with pytest.raises(OSError, match="No space left"):
         data_utils.process_data(cfg)
     assert tree_hashes(before.folder) == kept
@@ -204,9 +206,9 @@ def test_a_full_disk_while_writing_shards_keeps_the_previous_processed_data(clas
 
 
 def test_a_full_disk_is_one_clear_line_on_the_command_line(class_folder, project):
-    script = ("import errno, sys; import imgcls_utils.data.processed as p; from imgcls_utils import cli\n"
+    script = ("import errno, sys; import imgcls_utils.data.shards as s; from imgcls_utils import cli\n"
               "def full(*a): raise OSError(errno.ENOSPC, 'No space left on device')\n"
-              "p._example = full\n"
+              "s.example = full\n"
               f"sys.exit(cli.main(['prepare', '--set=data.source={class_folder}']))")
     done = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True,
                           text=True, timeout=300)
@@ -225,3 +227,35 @@ def test_a_small_training_split_is_passed_over_until_an_epoch_has_enough_steps(
     labels = np.concatenate([labels for _, labels in datasets["train"]])
     assert np.bincount(labels).tolist() == [passes * n for n in processed.label_counts("train")]
     assert len(datasets["val"]) == -(-processed.count("val") // 8)  # evaluation: one pass
+
+
+def test_reuse_trusts_sizes_and_times_and_verify_hashes_every_file(class_folder, make_config,
+                                                                  capsys):
+    cfg = make_config(**small(class_folder))
+    folder = data_utils.process_data(cfg).folder
+    shard = folder / "train-00000-of-00001.tfrecord"
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    assert data_utils.process_data(cfg).reused  # touched, not changed: hashed once and kept
+    stat, content = shard.stat(), bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 1
+    shard.write_bytes(bytes(content))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time
+    capsys.readouterr()
+    assert data_utils.process_data(cfg).reused
+    rebuilt = data_utils.process_data(cfg, verify=True)
+    assert not rebuilt.reused and "train-00000-of-00001.tfrecord changed" in capsys.readouterr().err
+    assert data_utils.process_data(cfg, verify=True).reused
+
+
+def test_unchanged_inputs_reuse_the_groups_and_the_split_without_computing_them(
+        class_folder, make_config, monkeypatch):
+    cfg = make_config(**small(class_folder))
+    first = data_utils.process_data(cfg)
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr("imgcls_utils.data.duplicates.find_groups", recomputed)
+    monkeypatch.setattr("imgcls_utils.data.processed.split_images", recomputed)
+    again = data_utils.process_data(cfg)
+    assert again.reused and again.images.equals(first.images)

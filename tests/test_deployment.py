@@ -178,7 +178,7 @@ def test_the_dockerfile_installs_pyprojects_serving_install_on_environment_ymls_
     assert docker[0] == make_upgrade == shlex.split("python -m pip install --quiet --upgrade pip")
     assert docker[-1] == shlex.split("python -m pip install --quiet --no-deps .")
     (make_path, make_extras) = split_extras(make_install[-1])
-    assert make_path == "." and make_extras == {"dev", "notebooks", "serving"}
+    assert make_path == "." and make_extras == {"dev", "notebooks", "serving", "scale"}
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     with_deps, alone = requirements(project, "tensorflow-cpu")
     wanted = [*project["project"]["dependencies"], *project["project"]["optional-dependencies"][

@@ -19,31 +19,24 @@ def flip_bits(hash_bytes: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.packbits(bits)
 
 
-def test_near_pairs_finds_exactly_the_pairs_within_the_distance():
-    hashes = random_hashes(300, seed=1)
-    for i, flips in enumerate([0, 1, 5, 11, 12, 13, 20, 40]):  # plant copies at known distances
-        hashes[200 + i] = flip_bits(hashes[i], flips, seed=i)
-    as_hex = [h.tobytes().hex() for h in hashes]
-    distance = np.unpackbits(hashes[:, None] ^ hashes[None], axis=2).sum(axis=2)
-    for max_distance in (0, 12):
-        brute_force = [(int(i), int(j)) for i, j in zip(*np.nonzero(distance <= max_distance))
-                       if i < j]
-        assert duplicates.near_pairs(as_hex, max_distance) == brute_force
-    assert len(duplicates.near_pairs(as_hex, 12)) == 5
-
-
 def test_groups_are_transitive_and_identical_files_always_group():
     base = random_hashes(1, seed=2)[0]
     step = flip_bits(base, 8, seed=3)
-    images = pd.DataFrame({
-        "sha256": ["a", "b", "c", "d", "a"],
-        "phash": [h.tobytes().hex() for h in
-                  (base, step, flip_bits(step, 8, seed=4), *random_hashes(2, seed=5))],
-        "width": 64, "height": 64, "average": "00" * 64,
-    })
+    phash = np.stack([base, step, flip_bits(step, 8, seed=4), *random_hashes(2, seed=5)])
+    phash[4] = phash[0]  # row 4 has row 0's bytes
+    images = pd.DataFrame({"sha256": ["a", "b", "c", "d", "a"], "width": 64, "height": 64})
+    average = np.zeros((5, duplicates.AVERAGE_BYTES), np.uint8)
     # 0~1 and 1~2 are 8 bits apart, 0 and 2 are 16: one group through 1; row 4 has 0's bytes.
-    assert duplicates.find_groups(images, 10).tolist() == [0, 0, 0, 3, 0]
-    assert duplicates.find_groups(images, None).tolist() == [0, 1, 2, 3, 0]
+    assert duplicates.find_groups(images, phash, average, 10)[0].tolist() == [0, 0, 0, 3, 0]
+    assert duplicates.find_groups(images, phash, average, None)[0].tolist() == [0, 1, 2, 3, 0]
+
+
+def test_ten_thousand_identical_images_are_one_group_without_comparing_pairs():
+    count = 10_000
+    images = pd.DataFrame({"sha256": ["same"] * count, "width": 64, "height": 64})
+    phash = np.repeat(random_hashes(1, seed=6), count, axis=0)
+    groups, checked = duplicates.find_groups(images, phash, np.zeros((count, 64), np.uint8), 16)
+    assert (groups == 0).all() and checked == 0
 
 
 def test_a_resized_jpeg_copy_in_another_class_is_found_as_a_conflict(tmp_path, project,
@@ -68,12 +61,12 @@ def test_small_image_pairs_are_exactly_the_brute_force_ones():
     averages = rng.integers(0, 256, (400, 64)).astype(np.uint8)
     averages[200:220] = np.clip(averages[:20] + rng.integers(-9, 10, (20, 64)), 0, 255)
     sides = rng.choice([8, 12, 40, 300], 400)
-    images = pd.DataFrame({"average": [a.tobytes().hex() for a in averages],
-                           "width": sides, "height": sides})
+    images = pd.DataFrame({"width": sides, "height": sides})
     difference = np.abs(averages[:, None].astype(int) - averages[None]).mean(axis=2)
     brute_force = [(int(i), int(j)) for i, j in zip(*np.nonzero(
         difference <= duplicates.SMALL_IMAGE_DIFFERENCE)) if i < j and min(sides[i], sides[j]) < 16]
-    assert duplicates.small_image_pairs(images) == brute_force and len(brute_force) >= 5
+    found = duplicates.small_image_pairs(images, averages)
+    assert found.tolist() == [list(pair) for pair in brute_force] and len(brute_force) >= 5
 
 
 def test_enlarged_copies_of_a_small_image_are_found_even_in_another_class(tmp_path, make_config):

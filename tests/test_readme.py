@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 import yaml
@@ -21,7 +22,7 @@ README = (REPO_ROOT / "README.md").read_text()
 # Commands that need what a test cannot have: a large dataset, a cluster, your own files.
 LONG = ("fashion-mnist", "TF_CONFIG=", "--resume", "imgcls predict", "imgcls explain", "imgcls cv",
         "apt-get install", "imgcls export", "imgcls serve", "curl ", "docker run", "docker compose",
-        "kubectl ")
+        "kubectl ", "engine.runner=ray", "ray start", "ray job", "pip install")
 # What `imgcls serve` answers (tests/test_server.py sends these requests to a real server).
 # Notebook runs, each run for real elsewhere: `imgcls run` by test_corpus.py, papermill on
 # Model_Training by test_notebooks.py, a sweep by test_sweep.py, every notebook by nbval.
@@ -79,6 +80,15 @@ def check_arguments(command: str) -> None:
             validate_sweep(_sweep_from_args(parsed, 42), REPO_ROOT / CONFIG_RELATIVE_PATH)
     elif program == "papermill":
         check_papermill_arguments(args)
+    elif program == "pip":  # an extra of this package
+        extras = re.fullmatch(r"(?:imgcls|\.)\[(\w+)\]", args[-1])[1]
+        assert args[0] == "install" and extras in tomllib.loads(
+            (REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    elif program == "ray" and args[0] == "start":  # the head node, or one joining it
+        assert "--head" in args or any(arg.startswith("--address=") for arg in args), args
+    elif program == "ray":  # a job on the cluster: the command after -- is checked
+        assert args[:2] == ["job", "submit"] and "--" in args, args
+        check_arguments(shlex.join(args[args.index("--") + 1:]))
     elif program in ("apt-get", "sudo"):
         assert "dataset-fashion-mnist" in args
     elif program == "curl":

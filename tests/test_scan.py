@@ -1,12 +1,17 @@
 import os
 import shutil
+import subprocess
+import sys
+import time
 
+import pandas as pd
 import pytest
 
 from imgcls_utils import data_utils
 from imgcls_utils.data import scan as scanning
 from imgcls_utils.data import scan_report
-from tests.conftest import write_image
+from imgcls_utils.data.manifest import MERGED_PART
+from tests.conftest import REPO_ROOT, write_image
 from tests.sample_files import make_messy_folder, write_photo, write_png_claiming_size
 
 
@@ -92,8 +97,8 @@ def test_report_lists_counts_imbalance_skips_and_groups(messy):
     assert "usable images: 38 in 3 classes; skipped files: 16" in report
     assert "class imbalance: largest fox (14), smallest cat (12), ratio 1.17" in report
     assert "dog/tiny.png: 4 x 6 pixels is below data.min_image_size" in report
-    assert "(near): fox/good1.png [fox], fox/good1_smaller.jpg [fox]" in report
-    assert "(exact, conflicting labels: excluded)" in report
+    assert "(near, 2 images): fox/good1.png [fox], fox/good1_smaller.jpg [fox]" in report
+    assert "(exact, conflicting labels: excluded, 2 images)" in report
 
 
 def test_a_train_and_test_folder_is_read_as_official_parts_of_pooled_classes(tmp_path,
@@ -119,7 +124,7 @@ def test_a_train_and_test_folder_is_read_as_official_parts_of_pooled_classes(tmp
     report = data_utils.scan_report(scan, data)
     assert ("duplicate groups across the official train and test parts (training copies: "
             "data.test_copies_in_train is keep): 1") in report
-    assert "(exact): test/cat/4.png [cat], train/cat/copy.png [cat]" in report
+    assert "(exact, 2 images): test/cat/4.png [cat], train/cat/copy.png [cat]" in report
 
 
 def test_class_counts_and_imbalance(class_folder):
@@ -141,19 +146,90 @@ def test_samples_and_statistics(class_folder, make_config):
     assert (stats["min"] >= 0).all() and (stats["max"] <= 255).all()
 
 
-def test_the_cache_skips_unchanged_files_and_catches_edited_ones(class_folder, tmp_path,
-                                                                 monkeypatch):
-    cache = tmp_path / "scan-cache.json"
-    first = data_utils.scan_image_folder(class_folder, cache_file=cache)
-    inspected = []
-    inspect = scanning._inspect
-    monkeypatch.setattr(scanning, "_inspect", lambda folder, relative, limits: (
-        inspected.append(relative) or inspect(folder, relative, limits)))
-    edited = class_folder / "dog" / "3.png"
-    stat = edited.stat()
-    write_image(edited, seed=555)
-    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with its old mtime
-    again = data_utils.scan_image_folder(class_folder, cache_file=cache)
-    assert inspected == ["dog/3.png"]
+def test_the_manifest_skips_unchanged_files_and_rescans_changed_ones(class_folder, tmp_path):
+    manifest = tmp_path / "processed" / "images.manifest"
+    first = data_utils.scan_image_folder(class_folder, manifest_dir=manifest)
+    assert (first.stats["inspected"], first.stats["reused"]) == (30, 0)
+    assert data_utils.scan_image_folder(class_folder, manifest_dir=manifest).stats["inspected"] == 0
+    write_image(class_folder / "dog" / "3.png", seed=555)  # new content, new modification time
+    touched = class_folder / "cat" / "1.png"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    again = data_utils.scan_image_folder(class_folder, manifest_dir=manifest)
+    assert (again.stats["inspected"], again.stats["reused"]) == (2, 28)
     changed = again.images["sha256"] != first.images["sha256"]
     assert again.images.loc[changed, "path"].tolist() == ["dog/3.png"]
+    assert [p.name for p in manifest.glob("part-*.csv")] == [MERGED_PART]
+
+
+def test_a_copied_folder_is_not_rescanned(class_folder, tmp_path):
+    manifest = tmp_path / "processed" / "images.manifest"
+    first = data_utils.scan_image_folder(class_folder, manifest_dir=manifest)
+    copy = shutil.copytree(class_folder, tmp_path / "elsewhere" / "images")  # keeps the mtimes
+    again = data_utils.scan_image_folder(copy, manifest_dir=manifest)
+    assert (again.stats["inspected"], again.stats["reused"]) == (0, 30)
+    assert again.images.equals(first.images)
+
+
+def test_verify_catches_an_edit_that_kept_the_size_and_the_time(tmp_path):
+    folder, manifest = tmp_path / "images", tmp_path / "processed" / "images.manifest"
+    for label in ("a", "b"):
+        for i in range(3):
+            write_image(folder / label / f"{i}.bmp", size=(16, 16), seed=10 * ord(label) + i)
+    first = data_utils.scan_image_folder(folder, manifest_dir=manifest)
+    edited = folder / "a" / "0.bmp"
+    stat = edited.stat()
+    write_image(edited, size=(16, 16), seed=999)  # a BMP of the same size has the same length
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert edited.stat().st_size == stat.st_size
+    trusted = data_utils.scan_image_folder(folder, manifest_dir=manifest)
+    assert trusted.stats["inspected"] == 0 and trusted.images.equals(first.images)
+    verified = data_utils.scan_image_folder(folder, manifest_dir=manifest, verify=True)
+    assert verified.stats["inspected"] == 1
+    assert verified.images.set_index("path").loc["a/0.bmp", "sha256"] != \
+        first.images.set_index("path").loc["a/0.bmp", "sha256"]
+
+
+def test_a_scan_killed_half_way_resumes_without_inspecting_finished_files(tmp_path):
+    folder, manifest = tmp_path / "images", tmp_path / "processed" / "images.manifest"
+    for i in range(6 * scanning.INSPECT_BATCH):
+        write_image(folder / ("a", "b")[i % 2] / f"{i:04d}.png", size=(24, 24), seed=i)
+    script = ("import sys; from imgcls_utils.data.scan import scan_image_folder\n"
+              "from imgcls_utils.data.engine import Engine\n"
+              f"scan_image_folder(sys.argv[1], manifest_dir=sys.argv[2], engine=Engine(workers=1))")
+    scan = subprocess.Popen([sys.executable, "-c", script, str(folder), str(manifest)],
+                            cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(manifest.glob("part-*.csv")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scan.kill()
+    scan.wait()
+    finished = sum(len(pd.read_csv(part)) for part in manifest.glob("part-*.csv"))
+    assert 0 < finished < 6 * scanning.INSPECT_BATCH
+    resumed = data_utils.scan_image_folder(folder, manifest_dir=manifest)
+    assert resumed.stats["reused"] == finished
+    assert resumed.stats["inspected"] == 6 * scanning.INSPECT_BATCH - finished
+    assert len(resumed.images) == 6 * scanning.INSPECT_BATCH
+
+
+def test_a_large_duplicate_group_is_summarised_and_listed_in_full_in_a_file(tmp_path,
+                                                                           make_config):
+    folder = tmp_path / "images"
+    original = write_image(folder / "a" / "original.png", seed=1).read_bytes()
+    for i in range(30):
+        (folder / "a" / f"copy{i:02d}.png").write_bytes(original)
+    for pair in range(25):
+        for side in ("b", "c"):
+            write_image(folder / side / f"{pair:02d}.png", seed=1000 + pair)
+    data = make_config().data
+    scan = data_utils.scan_image_folder(folder, data, manifest_dir=tmp_path / "p" / "x.manifest")
+    report = data_utils.scan_report(scan, data)
+    groups = report.split("duplicate groups (each kept on one side of the split): 26\n")[1]
+    lines = groups.split("\n\n")[0].splitlines()
+    assert lines[0] == ("  group 0 (exact, 31 images): a/copy00.png [a], a/copy01.png [a], "
+                        "a/copy02.png [a], a/copy03.png [a], ... (27 more)")
+    assert len(lines) == 1 + scan_report.REPORTED_GROUPS + 1
+    assert lines[-2] == "  ... and 6 more groups of 2 to 2 images"
+    assert lines[-1] == f"  every group with all its images: {scan.duplicates_file}"
+    listed = pd.read_csv(scan.duplicates_file)
+    assert len(listed) == 31 + 50 and listed["size"].tolist()[:31] == [31] * 31
+    assert listed["group"].nunique() == 26

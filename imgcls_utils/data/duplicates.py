@@ -7,7 +7,12 @@ items of different classes collide at 2 bits apart, while at 256 bits distinct i
 about twice as far apart as JPEG copies of photos at half to twice the size (bench/README.md).
 Pictures with almost no detail (a blurred gradient, a clear sky) have no stable
 hash, and copies of them are found only when identical. Copies are joined into groups
-transitively (union-find), so a split can keep each group on one side.
+transitively (connected components), so a split can keep each group on one side.
+
+Identical files and identical hashes collapse to one representative before any comparison: a
+group of 10,000 copies costs 10,000 links, not 50 million pairs. The distinct hashes are then
+matched by locality-sensitive hashing (``lsh``), whose candidates grow about linearly with the
+images and are each checked exactly against the distance.
 
 Small images defeat any such hash: a copy enlarged from an 8 x 8 digit has sharp block edges the
 original never had, and they decide most of the bits. So a pair whose smaller image is under 16
@@ -18,24 +23,29 @@ distances behind these choices.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from . import lsh
+from .lsh import HASH_BYTES
 
 HASH_SIDE = 16  # 16 x 16 = 256 bits
-HASH_BYTES = HASH_SIDE * HASH_SIDE // 8
 SMALL_SIDE = 16  # images with a shorter side are compared by their 8 x 8 averages
 AVERAGE_SIDE = 8
+AVERAGE_BYTES = AVERAGE_SIDE * AVERAGE_SIDE
 SMALL_IMAGE_DIFFERENCE = 6.0  # mean absolute difference of the 8 x 8 averages, of 255
 DCT_INPUT_SIDE = 4 * HASH_SIDE
 # Rows of the DCT-II matrix for the lowest frequencies: low = DCT @ pixels @ DCT.T.
 DCT = np.cos(np.pi * np.outer(np.arange(HASH_SIDE), 2 * np.arange(DCT_INPUT_SIDE) + 1)
              / (2 * DCT_INPUT_SIDE))
+# Bump when a change finds other groups for the same hashes: saved groups are then found again.
+MATCHING_VERSION = (1, lsh.BAND_BITS, lsh.TARGET_RECALL, lsh.BAND_SEED, SMALL_IMAGE_DIFFERENCE)
 # The problem category of copies filed under different classes (excluded: which label is right?).
 CONFLICT = "conflicting duplicate"
-POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1)
+__all__ = ["HASH_BYTES", "find_groups", "perceptual_hash", "small_average"]
 
 
 def perceptual_hash(image: Image.Image) -> str:
@@ -52,28 +62,35 @@ def small_average(image: Image.Image) -> str:
     return np.asarray(average, dtype=np.uint8).tobytes().hex()
 
 
-def find_groups(images: pd.DataFrame, max_distance: int | None) -> np.ndarray:
-    """For each row of ``images`` (``sha256``, ``phash``, ``average``, ``width`` and ``height``
-    columns), the row number of the first row in its duplicate group: identical files always
-    group; with ``max_distance``, so do images whose hashes differ in at most that many bits,
-    and small images close to another image (``small_image_pairs``). A row without copies is its
-    own group."""
-    pairs = _identical_pairs(images["sha256"])
+def find_groups(images: pd.DataFrame, phash: np.ndarray, average: np.ndarray,
+                max_distance: int | None, engine=None) -> tuple[np.ndarray, int]:
+    """For each row of ``images`` (``sha256``, ``width`` and ``height`` columns; ``phash`` and
+    ``average`` hold its hashes, row for row), the row number of the first row in its duplicate
+    group, and how many candidate pairs were checked: identical files always group; with
+    ``max_distance``, so do images whose hashes differ in at most that many bits, and small
+    images close to another image (``small_image_pairs``). A row without copies is its own
+    group. ``engine`` runs the hash matching (default: this process)."""
+    links = [_first_of_same(pd.factorize(images["sha256"])[0])]
+    checked = 0
     if max_distance is not None:
-        pairs += near_pairs(images["phash"].tolist(), max_distance) + small_image_pairs(images)
-    return _union_find(len(images), pairs)
+        rows = np.ascontiguousarray(phash).view(np.dtype((np.void, HASH_BYTES))).ravel()
+        _, representatives, same_hash = np.unique(rows, return_index=True, return_inverse=True)
+        links.append(_first_of_same(same_hash.ravel()))
+        pairs, checked = lsh.near_pairs(phash[representatives], max_distance, engine)
+        links += [representatives[pairs], small_image_pairs(images, average)]
+    return _components(len(images), np.concatenate(links)), checked
 
 
-def small_image_pairs(images: pd.DataFrame) -> list[tuple[int, int]]:
+def small_image_pairs(images: pd.DataFrame, average: np.ndarray) -> np.ndarray:
     """Index pairs whose smaller image is under ``SMALL_SIDE`` pixels a side and whose 8 x 8
-    averages differ by at most ``SMALL_IMAGE_DIFFERENCE`` per pixel. Only images whose mean
-    brightness is that close can be (the mean differs by no more than the mean difference), so
-    each small image is compared with a window of images sorted by brightness, not with all."""
+    averages (``average``, row for row) differ by at most ``SMALL_IMAGE_DIFFERENCE`` per pixel.
+    Only images whose mean brightness is that close can be (the mean differs by no more than
+    the mean difference), so each small image is compared with a window of images sorted by
+    brightness, not with all."""
     small = np.flatnonzero(np.minimum(images["width"], images["height"]).to_numpy() < SMALL_SIDE)
     if not len(small):
-        return []
-    averages = np.stack([np.frombuffer(bytes.fromhex(h), np.uint8) for h in images["average"]])
-    averages = averages.astype(np.float32)
+        return np.empty((0, 2), np.int64)
+    averages = average.astype(np.int16)
     brightness = averages.mean(axis=1)
     order = np.argsort(brightness, kind="stable")
     ranked = brightness[order]
@@ -84,7 +101,7 @@ def small_image_pairs(images: pd.DataFrame) -> list[tuple[int, int]]:
         close = window[np.abs(averages[window] - averages[i]).mean(axis=1)
                        <= SMALL_IMAGE_DIFFERENCE]
         found.update((int(min(i, j)), int(max(i, j))) for j in close if j != i)
-    return sorted(found)
+    return np.array(sorted(found), np.int64).reshape(-1, 2)
 
 
 def duplicate_table(images: pd.DataFrame) -> pd.DataFrame:
@@ -100,58 +117,28 @@ def duplicate_table(images: pd.DataFrame) -> pd.DataFrame:
         ["group", "path"]).reset_index(drop=True)
 
 
-def near_pairs(hashes: list[str], max_distance: int) -> list[tuple[int, int]]:
-    """Index pairs of hashes at most ``max_distance`` bits apart, without comparing all pairs.
-
-    Pigeonhole: deal the 256 bits into ``max_distance + 1`` blocks; two hashes that close agree
-    exactly on at least one block, so only hashes sharing some block's value are compared. Each
-    block takes every (max_distance + 1)-th bit: contiguous blocks of the lowest frequencies
-    are shared by thousands of similar pictures, interleaved ones are nearly unique.
-    """
-    packed = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), np.uint8)
-    packed = packed.reshape(len(hashes), HASH_BYTES)
-    bits = np.unpackbits(packed, axis=1)
-    found = [np.empty((0, 2), dtype=np.int64)]
-    for first_bit in range(max_distance + 1):
-        block = np.packbits(bits[:, first_bit::max_distance + 1], axis=1)
-        for a, b in _sharing_pairs(block):
-            close = POPCOUNT[packed[a] ^ packed[b]].sum(axis=1) <= max_distance
-            found.append(np.stack([np.minimum(a, b)[close], np.maximum(a, b)[close]], axis=1))
-    return [tuple(pair) for pair in np.unique(np.concatenate(found), axis=0).tolist()]
+def largest_first(table: pd.DataFrame) -> pd.DataFrame:
+    """``duplicate_table``'s rows with each group's ``size``, the largest groups first (then by
+    group number), members by path."""
+    sized = table.assign(size=table.groupby("group")["path"].transform("size"))
+    columns = ["group", "size", "path", "label", "match", "conflict"]
+    return sized.sort_values(["size", "group", "path"], ascending=[False, True, True])[
+        columns].reset_index(drop=True)
 
 
-def _sharing_pairs(keys: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """All index pairs whose rows of ``keys`` are equal, as arrays ``(a, b)``: in key order, equal
-    rows are neighbours, so step ``d`` pairs each row with the one ``d`` places on."""
-    if len(keys) < 2:
-        return
-    _, bucket = np.unique(keys, axis=0, return_inverse=True)
-    order = np.argsort(bucket.ravel(), kind="stable")
-    ordered = bucket.ravel()[order]
-    for step in range(1, np.bincount(ordered).max()):
-        same = np.flatnonzero(ordered[step:] == ordered[:-step])
-        yield order[same], order[same + step]
+def _first_of_same(codes: np.ndarray) -> np.ndarray:
+    """Pairs linking each row to the first row with the same code: one link per row, however
+    many rows share a code."""
+    first = np.unique(codes, return_index=True)[1][codes]
+    rows = np.flatnonzero(first != np.arange(len(codes)))
+    return np.stack([first[rows], rows], axis=1)
 
 
-def _identical_pairs(sha256: pd.Series) -> list[tuple[int, int]]:
-    """Neighbours in content-hash order that have the same hash (enough to join each group)."""
-    values = sha256.to_numpy()
-    order = np.argsort(values, kind="stable")
-    same = np.flatnonzero(values[order][1:] == values[order][:-1])
-    return list(zip(order[same].tolist(), order[same + 1].tolist()))
-
-
-def _union_find(count: int, pairs: list[tuple[int, int]]) -> np.ndarray:
+def _components(count: int, pairs: np.ndarray) -> np.ndarray:
     """Connected components of ``pairs``, each labelled by its smallest index."""
-    parent = list(range(count))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]  # path halving keeps the trees flat
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        ra, rb = root(a), root(b)
-        parent[max(ra, rb)] = min(ra, rb)
-    return np.array([root(i) for i in range(count)], dtype=np.int64)
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])),
+                       shape=(count, count))
+    _, component = connected_components(graph, directed=False)
+    smallest = np.full(component.max(initial=-1) + 1, count, np.int64)
+    np.minimum.at(smallest, component, np.arange(count))
+    return smallest[component]

@@ -15,34 +15,33 @@ import hashlib
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from ..config import Config, Section
-from ..errors import DataError, warn
-from ..files import file_sha256, locked, relative_files, staged
-from .images import DECODE_ERRORS, load_image, pixel_limit_checked_by_caller
+from ..errors import warn
+from ..files import file_sha256, locked, relative_files, staged, write_atomically
+from .engine import Engine
 from .scan import ScanResult, scan_source
+from .shards import in_shard_order, plan_shards, shard_settings, write_shards
 from .sources import resolve_source
 from .split import SPLITS, split_images
 from .trained_classes import trainable_classes
 
-SHARD_SIZE = 2048
-DECODE_CHUNK = 256  # images decoded ahead of the writer: bounds memory for large image sizes
 # Bump when the shard or split table layout changes, so that older processed folders are rebuilt,
 # not misread.
-PROCESSED_FORMAT = 6
+PROCESSED_FORMAT = 7
 # Settings that change how data is found or read, not what is written to Processed_Data.
 NOT_FINGERPRINTED = {"source", "cache", "cache_budget_mb"}
 SPLIT_TABLE = "split.csv"
 DATASET_INFO = "dataset.json"
+# Each file's size and modification time when written: a cache of stat results, not data, so
+# it is neither listed nor part of what two builds of the same data share byte for byte.
+STAMPS_FILE = ".stamps.json"
 
 
 @dataclass
@@ -88,7 +87,7 @@ class ProcessedData:
 
     def files(self) -> list[str]:
         """The files of the processed folder, relative to it."""
-        return relative_files(self.folder)
+        return relative_files(self.folder, skip=(STAMPS_FILE,))
 
 
 def _settings(data: Section) -> str:
@@ -101,7 +100,7 @@ def _settings(data: Section) -> str:
 def fingerprint(scan: ScanResult, data: Section) -> str:
     """A hash of every used file's path, label and content plus the settings."""
     digest = hashlib.sha256(_settings(data).encode())
-    for row in scan.images.sort_values("path").itertuples():
+    for row in scan.images.itertuples():  # in path order, as the scan sorts them
         digest.update(f"{row.path}\0{row.label}\0{row.sha256}\n".encode())
     return digest.hexdigest()
 
@@ -114,27 +113,32 @@ def processed_folder(source_folder: Path, processed_dir: Path, data: Section) ->
     return Path(processed_dir) / name
 
 
-def process_data(cfg: Config) -> ProcessedData:
-    """Scan the source, split it and materialize the shards, reusing them when nothing changed."""
-    scan = scan_source(cfg)
-    return process_scan(scan, cfg.data, cfg.path("processed_dir"))
+def process_data(cfg: Config, verify: bool = False) -> ProcessedData:
+    """Scan the source, split it and materialize the shards, reusing them when nothing changed;
+    with ``verify``, every source image and processed file is hashed to make sure."""
+    scan = scan_source(cfg, verify)
+    return process_scan(scan, cfg.data, cfg.path("processed_dir"), Engine.from_config(cfg.engine),
+                        verify)
 
 
-def process_scan(scan: ScanResult, data: Section, processed_dir: Path) -> ProcessedData:
-    """Split and write the shards of the trainable classes of a scan (see ``trained_classes``), unless
-    the processed folder already matches them."""
+def process_scan(scan: ScanResult, data: Section, processed_dir: Path,
+                 engine: Engine | None = None, verify: bool = False) -> ProcessedData:
+    """Split and write the shards of the trainable classes of a scan (see ``trained_classes``),
+    unless the processed folder already matches them; the shards are tasks on ``engine``."""
     classes, left_out = trainable_classes(scan, data)
-    scan = replace(scan, images=scan.images[scan.images["label"].isin(classes)])
+    if left_out:  # a copy of a million rows only when some class is left out
+        scan = replace(scan, images=scan.images[scan.images["label"].isin(classes)])
     folder = processed_folder(scan.folder, processed_dir, data)
     key = fingerprint(scan, data)
     with locked(folder):
         info = _built_info(folder)
         reused = info is not None and info["fingerprint"] == key
-        if reused and (damage := _damage(folder, info)):
+        if reused and (damage := _damage(folder, info, verify)):
             warn(f"{folder} is damaged ({damage}); rebuilding it")
             reused = False
         if not reused:
-            info = _write_processed(scan, data, folder, key, left_out)
+            engine = (engine or Engine()).for_files(len(scan.images))
+            info = _write_processed(scan, data, folder, key, left_out, engine)
         os.utime(folder / DATASET_INFO)  # when it was last used: see processed_variants
         images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str, "part": str})
     return ProcessedData(folder, scan.folder, images, info["class_names"],
@@ -187,80 +191,53 @@ def _built_info(folder: Path) -> dict | None:
     return json.loads(info_path.read_text()) if info_path.is_file() else None
 
 
-def _damage(folder: Path, info: dict) -> str:
-    """What is wrong with a built folder's files (one missing, or its size or sha256 changed
-    since it was written, as ``info`` records them), or an empty string."""
+def _damage(folder: Path, info: dict, verify: bool) -> str:
+    """What is wrong with a built folder's files (one missing, or its size or content changed
+    since it was written, as ``info`` records them), or an empty string. A file is hashed only
+    when its modification time moved since it was written, or with ``verify``."""
+    stamps = _read_stamps(folder)
+    checked = {}
     for name, (size, digest) in info["files"].items():
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != size or file_sha256(path) != digest:
+        stamp = [path.stat().st_size, path.stat().st_mtime_ns]
+        if stamp[0] != size:
             return f"{name} changed since it was written"
+        if (verify or stamps.get(name) != stamp) and file_sha256(path) != digest:
+            return f"{name} changed since it was written"
+        checked[name] = stamp
+    if checked != stamps:  # hashed and unchanged (copied, or touched): no need to hash again
+        write_atomically(folder / STAMPS_FILE, json.dumps(checked))
     return ""
 
 
+def _read_stamps(folder: Path) -> dict:
+    try:
+        return json.loads((folder / STAMPS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str,
-                     left_out: dict[str, str]) -> dict:
+                     left_out: dict[str, str], engine: Engine) -> dict:
     """Build the processed folder out of sight and swap it in only when complete; returns
     what its ``dataset.json`` holds."""
-    images = split_images(scan.images, data).drop(columns=["phash", "average"])
-    class_index = {name: i for i, name in enumerate(scan.class_names)}
-    progress = tqdm(total=len(images), desc=f"preprocessing {scan.folder.name}", unit="img",
-                    leave=False, mininterval=1.0, disable=None)
-    written = []
-    with staged(folder) as building, pixel_limit_checked_by_caller(), \
-            ThreadPoolExecutor(os.cpu_count()) as pool:
-        for split in SPLITS:
-            rows = images[images["split"] == split]
-            if split == "train":
-                # Written in random order, so every shard mixes all classes: the shuffle buffer
-                # only mixes records that are near each other in the files.
-                rows = rows.sample(frac=1, random_state=data.seed)
-            _write_shards(rows, scan.folder, building / split, class_index, data, pool, progress)
-            written.append(rows)
-        progress.close()
-        images = pd.concat(written, ignore_index=True)  # in shard order: see ProcessedData.paths
+    images = in_shard_order(split_images(scan.images, data), data.seed)
+    with staged(folder) as building:
+        files = write_shards(plan_shards(images, scan.class_names),
+                             shard_settings(scan.folder, building, data), engine)
         images.to_csv(building / SPLIT_TABLE, index=False)
+        files[SPLIT_TABLE] = [(building / SPLIT_TABLE).stat().st_size,
+                              file_sha256(building / SPLIT_TABLE)]
         info = {"fingerprint": key, "source": str(scan.folder), "class_names": scan.class_names,
                 "left_out_classes": left_out,
                 "image_size": list(data.image_size), "channels": data.channels,
                 "settings": json.loads(_settings(data)),
                 "counts": {s: int((images["split"] == s).sum()) for s in SPLITS},
-                "files": {name: [(building / name).stat().st_size, file_sha256(building / name)]
-                          for name in relative_files(building)}}
+                "files": dict(sorted(files.items()))}
         (building / DATASET_INFO).write_text(json.dumps(info, indent=2))
+        stamps = {name: [(building / name).stat().st_size, (building / name).stat().st_mtime_ns]
+                  for name in info["files"]}
+        (building / STAMPS_FILE).write_text(json.dumps(stamps))
     return info
-
-
-def _write_shards(rows: pd.DataFrame, source: Path, prefix: Path, class_index: dict,
-                  data: Section, pool: ThreadPoolExecutor, progress: tqdm) -> None:
-    from ..quiet_tensorflow import tf
-
-    count = max(1, -(-len(rows) // SHARD_SIZE))
-    for shard in range(count):
-        chunk = rows.iloc[shard * SHARD_SIZE:(shard + 1) * SHARD_SIZE]
-        examples = iter(zip(chunk["path"], chunk["label"]))
-        with tf.io.TFRecordWriter(f"{prefix}-{shard:05d}-of-{count:05d}.tfrecord") as writer:
-            while batch := list(islice(examples, DECODE_CHUNK)):
-                decoded = pool.map(lambda example: _decode(source / example[0], data), batch)
-                for pixels, (_, label) in zip(decoded, batch):
-                    writer.write(_example(pixels, class_index[label]))
-                    progress.update()
-
-
-def _decode(path: Path, data: Section) -> np.ndarray:
-    try:
-        return load_image(path, tuple(data.image_size), data.channels)
-    except DECODE_ERRORS as error:
-        raise DataError(f"{path} passed the scan but cannot be decoded now ({error}); it changed "
-                        "during the run: run again") from None
-
-
-def _example(pixels: np.ndarray, label: int) -> bytes:
-    from ..quiet_tensorflow import tf
-
-    feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels.tobytes()])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()

@@ -9,33 +9,40 @@ can say which label is right and keeping either would teach the model a contradi
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..config import Config, Section
 from ..errors import DataError
-from ..files import file_sha256, write_atomically
+from ..files import file_sha256, staged, write_atomically
 from . import duplicates
 from .duplicates import CONFLICT
+from .engine import Engine, batches
 from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS,
                      decode_thumbnail, is_hidden, pixel_limit_checked_by_caller, too_many_pixels)
-from .sources import (TEST_PART, TRAIN_PART, has_official_split, part_and_class, resolve_source,
-                      subfolders)
+from .manifest import RECORD_COLUMNS, Inspected, Manifest
+from .sources import (NO_PART, TEST_PART, TRAIN_PART, has_official_split, part_and_class,
+                      resolve_source, subfolders)
 
 # A thumbnail this size is plenty for a 64 x 64 pHash and decodes JPEGs at 1/8 scale.
 HASH_THUMBNAIL_SIDE = 128
-CACHE_SUFFIX = ".scan-cache.json"
-CACHE_VERSION = 3  # bump when a record's fields or the checks change
-IMAGE_COLUMNS = ["path", "label", "part", "width", "height", "mode", "format", "frames", "sha256",
-                 "phash", "average"]
+MANIFEST_VERSION = 4  # bump when a record's fields or the checks change
+INSPECT_BATCH = 256  # files per task: one manifest part each
+IMAGE_COLUMNS = ["path", "label", "part", "width", "height", "mode", "format", "frames", "sha256"]
 SKIPPED_COLUMNS = ["path", "problem", "reason"]
+GROUPS_PREFIX = "groups-"
+DUPLICATES_FILE_SUFFIX = ".duplicates.csv"
 
 
 @dataclass
@@ -43,11 +50,13 @@ class ScanResult:
     """What a scan found under ``folder``.
 
     ``images``: usable images (path, label, official part, size, mode, format, frames, sha256,
-    perceptual hash, 8 x 8 average, group);
+    group);
     ``skipped``: every other file with a ``problem`` category and a ``reason``;
     ``duplicates``: every image that has copies, by group (including excluded conflicting ones);
     ``class_folders``: the names of all class folders, usable images or not;
-    ``official_split``: whether ``folder`` is ``train/`` and ``test/`` folders of class folders.
+    ``official_split``: whether ``folder`` is ``train/`` and ``test/`` folders of class folders;
+    ``duplicates_file``: where every group is listed in full, when the scan kept a manifest;
+    ``stats``: files inspected and reused from the manifest, candidate pairs checked, the engine.
     """
 
     folder: Path
@@ -56,6 +65,8 @@ class ScanResult:
     duplicates: pd.DataFrame
     class_folders: list[str]
     official_split: bool
+    duplicates_file: Path | None = None
+    stats: dict = field(default_factory=dict)
 
     @property
     def class_names(self) -> list[str]:
@@ -76,38 +87,66 @@ class Limits:
         return cls(tuple(data.min_image_size), data.max_pixels,
                    None if distance == "none" else distance)
 
+    def manifest_settings(self) -> dict:
+        """What an inspected file's record depends on (the distance does not: it only groups)."""
+        return {"version": MANIFEST_VERSION, "min_size": list(self.min_size),
+                "max_pixels": self.max_pixels}
 
-def scan_image_folder(folder: Path, data: Section | None = None,
-                      cache_file: Path | None = None) -> ScanResult:
+
+def scan_image_folder(folder: Path, data: Section | None = None, manifest_dir: Path | None = None,
+                      engine: Engine | None = None, verify: bool = False) -> ScanResult:
     """Account for every file under ``folder`` (``<folder>/<class>/.../<image>``, or
     ``<folder>/{train,test}/<class>/.../<image>``): each is a usable image or skipped with a
     reason. ``data`` supplies the size limits and the near-duplicate distance; without it only
-    Pillow's own limit and identical copies apply. With ``cache_file``, files unchanged since
-    the last scan are not read again."""
+    Pillow's own limit and identical copies apply. With ``manifest_dir``, files unchanged since
+    they were inspected (same path, size and modification time) are not read again (with
+    ``verify``, they are hashed to make sure), and the full duplicate lists are written next to
+    it. ``engine`` runs the inspection and the matching (default: this process)."""
     folder = Path(folder)
     limits = Limits.from_config(data) if data is not None else Limits()
     official = has_official_split(folder)
     candidates, skipped = _walk(folder, official)
-    records = _inspect_all(folder, candidates, limits, cache_file)
-    images = pd.DataFrame([_placed(r, official) for r in records if "reason" not in r],
-                          columns=IMAGE_COLUMNS)
-    skipped += [r for r in records if "reason" in r]
-    images = images.sort_values("path").reset_index(drop=True)
-    images["group"] = duplicates.find_groups(images, limits.near_duplicate_distance)
+    engine = (engine or Engine()).for_files(len(candidates))
+    with _manifest_folder(manifest_dir) as where:
+        manifest = Manifest(where, limits.manifest_settings())
+        inspected, stats = _inspect_all(folder, candidates, limits, manifest, engine, verify)
+    del candidates  # the records hold the paths now: a million of them is memory worth freeing
+    usable = inspected.records["problem"].isna().to_numpy()
+    images = _placed(inspected.records[usable], official)
+    skipped += inspected.records.loc[~usable, SKIPPED_COLUMNS].to_dict("records")
+    hashes = Inspected(images, inspected.phash[usable], inspected.average[usable])
+    del inspected
+    images["group"], stats["candidate_pairs"] = _groups(images, hashes, limits,
+                                                        manifest if manifest_dir else None, engine)
+    del hashes
     table = duplicates.duplicate_table(images)
     conflicting = table[table["conflict"]]
     skipped += [_conflict_record(conflicting, row) for row in conflicting.itertuples()]
     images = images[~images["path"].isin(conflicting["path"])].reset_index(drop=True)
     skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).sort_values("path", ignore_index=True)
-    return ScanResult(folder, images, skipped, table, _class_folders(folder, official), official)
+    listed = _write_duplicate_lists(table, manifest_dir, folder) if manifest_dir else None
+    return ScanResult(folder, images, skipped, table, _class_folders(folder, official), official,
+                      listed, {**stats, "engine": engine.describe()})
 
 
-def scan_source(cfg: Config) -> ScanResult:
+def scan_source(cfg: Config, verify: bool = False) -> ScanResult:
     """Resolve ``data.source`` (materializing a built-in source) and scan it with the ``data``
-    limits, keeping a cache of per-file results in ``paths.processed_dir``."""
+    limits on the ``engine`` settings, keeping a manifest of per-file results in
+    ``paths.processed_dir``."""
     folder = resolve_source(cfg.data, cfg.path("raw_dir"))
-    cache_file = cfg.path("processed_dir") / f"{folder.name}{CACHE_SUFFIX}"
-    return scan_image_folder(folder, cfg.data, cache_file)
+    manifest_dir = Manifest.folder_for(cfg.path("processed_dir"), folder.name)
+    return scan_image_folder(folder, cfg.data, manifest_dir, Engine.from_config(cfg.engine),
+                             verify)
+
+
+@contextmanager
+def _manifest_folder(manifest_dir: Path | None) -> Iterator[Path]:
+    """``manifest_dir``, or a temporary folder for a scan that keeps no manifest."""
+    if manifest_dir is not None:
+        yield Path(manifest_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="imgcls-scan-") as temporary:
+        yield Path(temporary) / "manifest"
 
 
 # ----------------------------------------------------------------------------- walk
@@ -119,13 +158,14 @@ def _class_folders(folder: Path, official_split: bool) -> list[str]:
     return sorted({*subfolders(folder / TRAIN_PART), *subfolders(folder / TEST_PART)})
 
 
-def _walk(folder: Path, official_split: bool) -> tuple[dict[str, list[int]], list[dict]]:
-    """The files to inspect (relative path -> ``_stamp``), and skip records for files that
-    cannot be images at all (outside a class folder, wrong extension, symlinks not followed)."""
+def _walk(folder: Path, official_split: bool) -> tuple[pd.DataFrame, list[dict]]:
+    """The files to inspect (path relative to ``folder``, size, modification time), and skip
+    records for files that cannot be images at all (outside a class folder, wrong extension,
+    symlinks not followed)."""
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; expected <folder>/<class>/<image>")
     root = folder.resolve()
-    candidates, skipped = {}, []
+    paths, sizes, times, skipped = [], [], [], []
 
     def visit(directory: str, prefix: str) -> None:
         with os.scandir(directory) as scanned:
@@ -139,10 +179,14 @@ def _walk(folder: Path, official_split: bool) -> tuple[dict[str, list[int]], lis
             if problem:
                 skipped.append({"path": relative, "problem": problem[0], "reason": problem[1]})
             else:
-                candidates[relative] = _stamp(entry)
+                stat = entry.stat()
+                paths.append(relative)
+                sizes.append(stat.st_size)
+                times.append(stat.st_mtime_ns)
 
     visit(str(folder), "")
-    return candidates, skipped
+    return pd.DataFrame({"path": paths, "size": np.array(sizes, np.int64),
+                         "mtime_ns": np.array(times, np.int64)}), skipped
 
 
 def _path_problem(entry: os.DirEntry, relative: str, root: Path,
@@ -164,48 +208,74 @@ def _path_problem(entry: os.DirEntry, relative: str, root: Path,
     return None
 
 
-def _stamp(entry: os.DirEntry | Path) -> list[int]:
-    """Size, modification and change time: the change time moves on every write and no tool
-    can set it back, so an edited file never looks unchanged."""
-    stat = entry.stat()
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
-
-
 # ----------------------------------------------------------------------------- inspect
 
-def _inspect_all(folder: Path, candidates: dict[str, list[int]], limits: Limits,
-                 cache_file: Path | None) -> list[dict]:
-    """Inspect files on all cores (Pillow and hashlib release the GIL while they work), except
-    those the cache holds with the same size, modification and change time."""
-    key = {"version": CACHE_VERSION, "min_size": list(limits.min_size),
-           "max_pixels": limits.max_pixels}
-    cached = _read_cache(cache_file, key)
-    todo = [path for path, stamp in candidates.items()
-            if cached.get(path, {}).get("stamp") != stamp]
-    with pixel_limit_checked_by_caller(), ThreadPoolExecutor(os.cpu_count()) as pool:
-        results = pool.map(lambda relative: _inspect(folder, relative, limits), todo)
-        fresh = dict(zip(todo, tqdm(results, total=len(todo), desc=f"scanning {folder.name}",
-                                    unit="file", leave=False, mininterval=1.0, disable=None)))
-    records = [fresh[path] if path in fresh else cached[path]["record"] for path in candidates]
-    if cache_file is not None and (todo or len(cached) != len(candidates)):
-        _write_cache(cache_file, key, {path: {"stamp": stamp, "record": record} for
-                                       (path, stamp), record in zip(candidates.items(), records)})
-    return records
+def _inspect_all(folder: Path, candidates: pd.DataFrame, limits: Limits, manifest: Manifest,
+                 engine: Engine, verify: bool) -> tuple[Inspected, dict]:
+    """Every candidate's record, sorted by path: from the manifest when the file's path, size
+    and modification time match its entry (and, with ``verify``, its content hash), else
+    inspected in tasks on ``engine``, each adding its batch to the manifest as it finishes (the
+    records reach the driver from the manifest, not through the engine)."""
+    known = manifest.load()
+    reused = _matching_rows(candidates, known)
+    if verify and len(reused):
+        reused = _still_the_same(folder, known.take(reused), reused, engine)
+    todo = candidates[~candidates["path"].isin(known.records["path"].iloc[reused])]
+    started = time.perf_counter()
+    if len(todo):
+        manifest.start()
+        work = [todo.iloc[start:start + INSPECT_BATCH]
+                for start in range(0, len(todo), INSPECT_BATCH)]
+        with tqdm(total=len(todo), desc=f"scanning {folder.name}", unit="file", leave=False,
+                  mininterval=1.0, disable=None) as progress:
+            for _, count in engine.map_unordered(inspect_batch, work, (folder, limits, manifest)):
+                progress.update(count)
+        known = manifest.load()
+    rows = _matching_rows(candidates, known)
+    changed = len(todo) or len(known.records) != len(rows)
+    rows = rows[np.argsort(known.records["path"].to_numpy()[rows], kind="stable")]
+    inspected = known.take(rows)  # one copy, in path order
+    del known
+    if changed:
+        manifest.merge(inspected)
+    return inspected, {"files": len(candidates), "inspected": len(todo),
+                       "reused": len(candidates) - len(todo),
+                       "inspect_seconds": time.perf_counter() - started}
 
 
-def _read_cache(cache_file: Path | None, key: dict) -> dict:
-    if cache_file is None or not Path(cache_file).is_file():
-        return {}
-    try:
-        cache = json.loads(Path(cache_file).read_text())
-    except ValueError:
-        return {}  # a damaged cache is only a slower scan
-    return cache["files"] if cache.get("key") == key else {}
+def _matching_rows(candidates: pd.DataFrame, known: Inspected) -> np.ndarray:
+    """The rows of ``known`` whose path, size and modification time are a candidate's."""
+    stamps = known.records[["path", "size", "mtime_ns"]].assign(row=np.arange(len(known.records)))
+    matched = candidates.merge(stamps, on=["path", "size", "mtime_ns"], how="inner")
+    return matched["row"].to_numpy(np.int64)
 
 
-def _write_cache(cache_file: Path, key: dict, files: dict) -> None:
-    Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(cache_file, json.dumps({"key": key, "files": files}, separators=(",", ":")))
+def _still_the_same(folder: Path, reused: Inspected, rows: np.ndarray,
+                    engine: Engine) -> np.ndarray:
+    """The manifest rows whose files still have the content hash they were inspected with."""
+    paths = reused.records["path"].tolist()
+    hashes = [digest for part in engine.map(hash_batch, batches(paths, INSPECT_BATCH), folder)
+              for digest in part]
+    return rows[np.array(hashes, dtype=object) == reused.records["sha256"].to_numpy()]
+
+
+def hash_batch(paths: list[str], folder: Path) -> list[str]:
+    """One task: the sha256 of each file (``imgcls process --verify``)."""
+    return [file_sha256(folder / path) for path in paths]
+
+
+def inspect_batch(files: pd.DataFrame, context: tuple) -> int:
+    """One task: inspect a batch of files (``path``, and the ``size`` and ``mtime_ns`` they had
+    when listed, which stamp the records) and add their records to the manifest; how many."""
+    folder, limits, manifest = context
+    with pixel_limit_checked_by_caller():
+        records = [_inspect(folder, path, limits) for path in files["path"]]
+    table = pd.DataFrame(records).reindex(columns=["path", *RECORD_COLUMNS, "phash", "average"])
+    table[["phash", "average"]] = table[["phash", "average"]].fillna("")
+    table.insert(1, "size", files["size"].to_numpy())
+    table.insert(2, "mtime_ns", files["mtime_ns"].to_numpy())
+    manifest.add(Inspected.from_table(table))
+    return len(files)
 
 
 def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
@@ -235,10 +305,13 @@ def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
     return {**record, **facts, "sha256": file_sha256(path), "phash": phash, "average": average}
 
 
-def _placed(record: dict, official_split: bool) -> dict:
-    """An inspected image's record with the class and official part its path gives it."""
-    part, label = part_and_class(record["path"], official_split)
-    return {**record, "label": label, "part": part}
+def _placed(records: pd.DataFrame, official_split: bool) -> pd.DataFrame:
+    """The usable images' records with the class and official part their paths give them (see
+    ``part_and_class``), worked out column by column: no Python object per image."""
+    folders = records["path"].str.split("/")
+    part = folders.str[0] if official_split else NO_PART
+    label = folders.str[1 if official_split else 0]
+    return records.assign(part=part, label=label)[IMAGE_COLUMNS].reset_index(drop=True)
 
 
 def _header_problem(facts: dict, limits: Limits) -> tuple[str, str] | None:
@@ -253,6 +326,45 @@ def _header_problem(facts: dict, limits: Limits) -> tuple[str, str] | None:
         return "too small", (f"{width} x {height} pixels is below data.min_image_size = "
                              f"[{min_height}, {min_width}] (height, width)")
     return None
+
+
+# ----------------------------------------------------------------------------- groups
+
+def _groups(images: pd.DataFrame, hashes: Inspected, limits: Limits, manifest: Manifest | None,
+            engine: Engine) -> tuple[np.ndarray, int]:
+    """Each image's duplicate group and the candidate pairs checked to find it; reused from the
+    manifest folder (none checked) while the images, their hashes and the distance are those
+    the groups were found for."""
+    distance = limits.near_duplicate_distance
+    saved = manifest.folder / f"{GROUPS_PREFIX}{_groups_key(images, hashes, distance)}.npy" \
+        if manifest else None
+    if saved and saved.is_file():
+        return np.load(saved), 0
+    groups, checked = duplicates.find_groups(images, hashes.phash, hashes.average, distance, engine)
+    if saved:
+        manifest.start()
+        with staged(saved, folder=False) as staging, open(staging, "wb") as handle:
+            np.save(handle, groups)
+        for older in saved.parent.glob(f"{GROUPS_PREFIX}*.npy"):
+            if older != saved:
+                older.unlink()
+    return groups, checked
+
+
+def _groups_key(images: pd.DataFrame, hashes: Inspected, distance: int | None) -> str:
+    digest = hashlib.sha256(repr((distance, duplicates.MATCHING_VERSION)).encode())
+    digest.update(pd.util.hash_pandas_object(images[["path", "sha256", "width", "height"]],
+                                             index=False).to_numpy().tobytes())
+    digest.update(hashes.phash.tobytes())
+    digest.update(hashes.average.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _write_duplicate_lists(table: pd.DataFrame, manifest_dir: Path, folder: Path) -> Path:
+    """Every duplicate group with all its members, largest first, as CSV next to the manifest."""
+    path = Path(manifest_dir).parent / f"{folder.name}{DUPLICATES_FILE_SUFFIX}"
+    write_atomically(path, duplicates.largest_first(table).to_csv(index=False))
+    return path
 
 
 def _conflict_record(conflicting: pd.DataFrame, row) -> dict:

@@ -5,14 +5,22 @@ groups, classes that cannot be trained) that ``imgcls scan`` prints and Data_Exp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from ..config import Section
+from .duplicates import largest_first
 from .images import load_image
 from .scan import ScanResult
 from .split import copies_of_test_images
 from .trained_classes import class_status, untrainable
+
+# At scale a report lists the largest groups only (a group of 3,000 copies once took 60 KB on
+# one line); the scan writes every group in full to a file that the report names.
+REPORTED_GROUPS = 20
+GROUP_MEMBERS_SHOWN = 4
 
 
 def class_counts(images: pd.DataFrame) -> pd.DataFrame:
@@ -87,15 +95,14 @@ def scan_report(scan: ScanResult, data: Section) -> str:
     lines += _section("animated images (first frame used)",
                       [f"{r.path}: {r.format}, {r.frames} frames"
                        for r in animated_images(scan).itertuples()])
-    lines += _section("duplicate groups (each kept on one side of the split)",
-                      [_group_line(group, rows)
-                       for group, rows in scan.duplicates.groupby("group")])
+    lines += _group_section("duplicate groups (each kept on one side of the split)",
+                            scan.duplicates, scan.duplicates_file)
     if data.test_split == "source":
         across = copies_of_test_images(scan.images)
         crossing = scan.duplicates[scan.duplicates["group"].isin(scan.images["group"][across])]
-        lines += _section("duplicate groups across the official train and test parts (training "
-                          f"copies: data.test_copies_in_train is {data.test_copies_in_train})",
-                          [_group_line(group, rows) for group, rows in crossing.groupby("group")])
+        lines += _group_section("duplicate groups across the official train and test parts "
+                                "(training copies: data.test_copies_in_train is "
+                                f"{data.test_copies_in_train})", crossing, scan.duplicates_file)
     status = class_status(scan, data)
     lines += _section("classes that cannot be trained",
                       [f"{name}: {reason}" for name, reason in untrainable(status).items()])
@@ -106,10 +113,31 @@ def scan_report(scan: ScanResult, data: Section) -> str:
     return "\n".join(lines)
 
 
+def _group_section(title: str, table: pd.DataFrame, full_lists: Path | None) -> list[str]:
+    """The largest ``REPORTED_GROUPS`` groups, a line each with its size and first members;
+    how many more there are and how large; and the file that lists every member of every group."""
+    ordered = largest_first(table)
+    groups = list(ordered.groupby("group", sort=False))
+    lines = [_group_line(group, rows) for group, rows in groups[:REPORTED_GROUPS]]
+    if len(groups) > REPORTED_GROUPS:
+        sizes = [len(rows) for _, rows in groups[REPORTED_GROUPS:]]
+        lines.append(f"... and {len(sizes):,} more groups of {min(sizes):,} to {max(sizes):,} "
+                     "images")
+    if full_lists is not None and groups:
+        lines.append(f"every group with all its images: {full_lists}")
+    section = _section(title, lines)
+    section[1] = f"{title}: {len(groups) or 'none'}"
+    return section
+
+
 def _group_line(group: int, rows: pd.DataFrame) -> str:
     conflict = ", conflicting labels: excluded" if rows["conflict"].iloc[0] else ""
-    return (f"group {group} ({rows['match'].iloc[0]}{conflict}): "
-            + ", ".join(f"{p} [{label}]" for p, label in zip(rows["path"], rows["label"])))
+    shown = [f"{p} [{label}]" for p, label in zip(rows["path"][:GROUP_MEMBERS_SHOWN],
+                                                   rows["label"][:GROUP_MEMBERS_SHOWN])]
+    hidden = len(rows) - GROUP_MEMBERS_SHOWN
+    more = f", ... ({hidden:,} more)" if hidden > 0 else ""
+    return (f"group {group} ({rows['match'].iloc[0]}{conflict}, {len(rows):,} images): "
+            + ", ".join(shown) + more)
 
 
 def _section(title: str, entries: list[str]) -> list[str]:

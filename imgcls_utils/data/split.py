@@ -32,7 +32,9 @@ def split_images(images: pd.DataFrame, data: Section) -> pd.DataFrame:
     """Add a ``split`` column (and ``fold`` unless ``data.folds`` is none) to scanned images:
     stratified by label, seeded, the same for any row order, copies kept together (except
     those across the official train and test parts, with ``data.test_split: source``)."""
-    images = images.sort_values("path").reset_index(drop=True)
+    if not images["path"].is_monotonic_increasing:  # a scan's table is: no copy needed
+        images = images.sort_values("path")
+    images = images.reset_index(drop=True)
     if data.test_split == "source":
         images = _official_split(images, data)
     else:
