@@ -162,18 +162,19 @@ def split_extras(requirement: str) -> tuple[str, set[str]]:
 
 
 def test_the_dockerfile_installs_as_the_makefile_does_on_environment_ymls_python():
+    """The same pip and options; the Makefile installs every dependency from requirements.lock
+    and then the package without dependencies, the image the package with its serving extra."""
     makefile = [line.strip().replace("$(PYTHON)", "python")
                 for line in (REPO_ROOT / "Makefile").read_text().splitlines()]
-    (make_upgrade, make_install), (docker_upgrade, docker_install) = (
-        pip_commands(makefile), pip_commands(instruction("RUN")))
+    make_upgrade, make_lock, make_package = pip_commands(makefile)[:3]  # then `make lock`'s uv
+    docker_upgrade, docker_install = pip_commands(instruction("RUN"))
     assert docker_upgrade == make_upgrade == shlex.split("python -m pip install --quiet "
                                                          "--upgrade pip")
-    make_install.remove("-e")  # the image is not edited in place
-    assert docker_install[:-1] == make_install[:-1]
-    (make_path, make_extras), (docker_path, docker_extras) = (
-        split_extras(make_install[-1]), split_extras(docker_install[-1]))
-    assert docker_path == make_path == "."
-    assert docker_extras == make_extras - {"dev"} == {"serving"}
+    assert make_lock[-2:] == ["-r", "requirements.lock"]
+    assert make_package == shlex.split("python -m pip install --quiet --no-deps -e .")
+    assert docker_install[:-1] == make_package[:5]
+    docker_path, docker_extras = split_extras(docker_install[-1])
+    assert docker_path == "." and docker_extras == {"serving"}
     python = re.search(r"- python=(\S+)", (REPO_ROOT / "environment.yml").read_text())[1]
     assert instruction("FROM") == [f"python:{python}-slim"]
 
