@@ -39,11 +39,14 @@ sys.path.insert(0, str(REPO))
 
 from imgcls_utils import model_utils  # noqa: E402
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config, parse_set_option  # noqa: E402
+from imgcls_utils.training.baselines import best_baseline  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMBALANCE = 25
 CLASSES = 10
 CHANGED = {}  # --set: applied to every run
+ICON_CHOICE = ["oxygen", "tango", "adwaita"]  # --icons
+SEEDS = 3  # --seeds, of part 4
 
 
 def project(folder: Path, **overrides):
@@ -155,6 +158,68 @@ def imbalanced(tmp: Path, seeds: int = 3) -> None:
         summarize(results, "macro_f1")
 
 
+# ----------------------------------------------------------------------------- 4. real folders
+
+# Icon themes from Debian's packages: one class folder per icon category (apps, devices,
+# places...), the theme's PNGs at one size, 1 to hundreds of images per class, RGBA.
+ICON_FOLDERS = {
+    "oxygen": ("oxygen-icon-theme", Path("/usr/share/icons/oxygen/base/48x48")),
+    "tango": ("tango-icon-theme", Path("/usr/share/icons/Tango/32x32")),
+    "adwaita": ("adwaita-icon-theme", Path("/usr/share/icons/Adwaita/48x48")),
+}
+
+
+def copy_png_folder(source: Path, target: Path) -> Path:
+    """``target/<category>/<name>.png`` for every PNG of ``source``'s category folders,
+    symbolic links resolved (a theme links one picture under several names; the scan groups
+    such copies)."""
+    for category in sorted(path for path in source.iterdir() if path.is_dir()):
+        for png in sorted(category.glob("*.png")):
+            if png.exists():
+                (target / category.name).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(png, target / category.name / png.name)
+    return target
+
+
+def icons(tmp: Path) -> None:
+    for name in ICON_CHOICE:
+        package, source = ICON_FOLDERS[name]
+        if not source.is_dir():
+            print(f"   ({name} skipped: {source} is missing; apt-get install {package})")
+            continue
+        folder = copy_png_folder(source, tmp / f"icons-{name}" / "images")
+        counts = sorted(len(list(path.iterdir())) for path in folder.iterdir())
+        print(f"\n4. {name} icons ({package}, {source}): {sum(counts)} files in {len(counts)} "
+              f"class folders of {counts[0]} to {counts[-1]}, the default config, {SEEDS} seeds:\n"
+              f"{REAL_HEADER}", flush=True)
+        results = []
+        for seed in range(1, SEEDS + 1):
+            results.append(train(folder.parent / f"run-{seed}",
+                                 **{"data.source": str(folder), "data.seed": seed}))
+            print(real_row(seed, results[-1]), flush=True)
+        compare(results)
+
+
+REAL_HEADER = ("   seed  network accuracy / macro F1 (seconds)   best classical baseline accuracy /"
+               " macro F1 (seconds)")
+
+
+def real_row(seed: int, metrics: dict) -> str:
+    name, best = best_baseline(metrics["baselines"])
+    return (f"   {seed:>4}  {metrics['test_accuracy']:.4f} / {metrics['macro_f1']:.4f} "
+            f"({metrics['training_seconds']:.0f} s, {metrics['epochs']} epochs)   "
+            f"{best['test_accuracy']:.4f} / {best['macro_f1']:.4f} ({name}, {best['seconds']:.1f} s)")
+
+
+def compare(results: list[dict]) -> None:
+    network = statistics.mean(result["macro_f1"] for result in results)
+    best = statistics.mean(max(baseline["macro_f1"] for baseline in result["baselines"].values())
+                           for result in results)
+    print(f"   macro F1, mean of {len(results)}: network {network:.4f}, best classical baseline "
+          f"{best:.4f}: {'met' if network >= best else 'NOT met'} (network >= baseline)",
+          flush=True)
+
+
 # ----------------------------------------------------------------------------- 3. determinism
 
 def determinism(tmp: Path, epochs: int = 8, rounds: int = 2) -> None:
@@ -178,7 +243,8 @@ def determinism(tmp: Path, epochs: int = 8, rounds: int = 2) -> None:
           f"{len(set(accuracies)) == 1} ({accuracies})", flush=True)
 
 
-PARTS = {"digits": digits, "imbalanced": imbalanced, "determinism": determinism}
+PARTS = {"digits": digits, "imbalanced": imbalanced, "determinism": determinism,
+         "icons": icons}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -186,7 +252,11 @@ if __name__ == "__main__":
                         help="run only this part (repeatable); default: all")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a default for every run (repeatable)")
+    parser.add_argument("--icons", help="part 4's folders, comma-separated (default: all)")
+    parser.add_argument("--seeds", type=int, default=SEEDS, help="part 4's seeds")
     args = parser.parse_args()
+    ICON_CHOICE[:] = args.icons.split(",") if args.icons else ICON_CHOICE
+    SEEDS = args.seeds
     CHANGED.update(parse_set_option(option) for option in args.set)
     if CHANGED:
         print(f"changed defaults: {CHANGED}")
