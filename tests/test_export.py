@@ -121,7 +121,10 @@ def test_tflite_variants_are_smaller_and_as_accurate_in_litert(exported):
     keras_accuracy = table.loc["Keras (.keras)", "test_accuracy"]
     assert keras_accuracy > 0.8
     assert (abs(table["test_accuracy"] - keras_accuracy) <= 0.03).all()
-    assert (table["images_per_second"] > 0).all()
+    # Each file was timed on the test images: within 100x of the Keras model's speed either way
+    # (a row whose timer missed the work, or that timed nothing, would be far outside).
+    speed = table["images_per_second"] / table.loc["Keras (.keras)", "images_per_second"]
+    assert ((speed > 0.01) & (speed < 100)).all(), table
     int8 = TfliteClassifier(exported[3].folder / "tflite" / "int8.tflite")
     assert int8.input["dtype"] == np.uint8 and int8.image_shape == (16, 16, 1)
 
