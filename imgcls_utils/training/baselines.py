@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.svm import SVC
 
 from ..data.processed import ProcessedData
+from ..evaluation.metrics import macro_f1
 
 MAX_TRAIN_IMAGES = 5000
 MAX_ITERATIONS = 300  # logistic regression: a cap that keeps it to seconds (see "converged")
@@ -74,10 +74,6 @@ def predict_classes(model, pixels: np.ndarray) -> np.ndarray:
     return model.classes_[decisions.argmax(axis=1)]
 
 
-def _macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
-    return float(f1_score(labels, predicted, average="macro", zero_division=0))
-
-
 def _fit_one(make, strengths, train, val, test) -> tuple[dict, object]:
     start = time.perf_counter()
     with warnings.catch_warnings():  # reported as "converged" instead of a warning per run
@@ -86,8 +82,8 @@ def _fit_one(make, strengths, train, val, test) -> tuple[dict, object]:
     best = max(candidates, key=lambda model: model.score(*val)) if len(val[1]) else candidates[0]
     predicted = predict_classes(best, test[0])
     results = {"test_accuracy": float((predicted == test[1]).mean()),
-               "macro_f1": _macro_f1(test[1], predicted),
-               "val_macro_f1": _macro_f1(val[1], predict_classes(best, val[0])) if len(val[1])
+               "macro_f1": macro_f1(test[1], predicted),
+               "val_macro_f1": macro_f1(val[1], predict_classes(best, val[0])) if len(val[1])
                else None,
                "C": best.C, "converged": _converged(best), "train_images": int(len(train[1])),
                "seconds": round(time.perf_counter() - start, 1)}

@@ -27,13 +27,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
 from ..config import Config
 from ..data.input_pipeline import STATISTICS, make_datasets
 from ..data.processed import ProcessedData, process_data
 from ..evaluation.calibration import apply_temperature, calibration_metrics, calibration_report
-from ..evaluation.metrics import classification_metrics, labels_and_probabilities
+from ..evaluation.metrics import classification_metrics, labels_and_probabilities, macro_f1
 from ..evaluation.plots import plot_confusion_matrix, plot_reliability_diagram, plot_training_curves
 from ..quiet_tensorflow import keras
 from .baselines import fit_baseline_models
@@ -173,8 +172,7 @@ class TrainingRun:
         if self.cfg.model.candidates != "network_and_classical" or not self.processed.count("val"):
             return None
         labels, probabilities = labels_and_probabilities(self.model, self.datasets["val"])
-        scores = {"network": float(f1_score(labels, probabilities.argmax(axis=1), average="macro",
-                                            zero_division=0)),
+        scores = {"network": macro_f1(labels, probabilities.argmax(axis=1)),
                   **{name: results["val_macro_f1"] for name, (results, _) in fitted.items()}}
         best = max(scores, key=lambda name: (scores[name], name == "network"))
         kept = {"model": best, "val_macro_f1": scores}
