@@ -75,10 +75,12 @@ def tflite_table(model, exported, processed, passes: int, scratch: Path) -> pd.D
     """Size, test accuracy and median images/s of the Keras model (as trained, and in float32)
     and of each TFLite file; sizes and speeds also relative to the float32 Keras row."""
     pixels, labels = split_arrays(processed, "test")
-    weights = scratch / "model.weights.h5"
-    model.save_weights(weights)
+    # The weights alone: a compiled model's weights file also holds its optimizer's state, so
+    # they are written from an uncompiled copy.
+    weights, float32_model = scratch / "model.weights.h5", float32_copy(model)
+    float32_model.save_weights(weights)
     predictors = {f"Keras, as trained ({model.dtype_policy.name})": (model.predict_on_batch, weights),
-                  "Keras, float32": (float32_copy(model).predict_on_batch, weights)}
+                  "Keras, float32": (float32_model.predict_on_batch, weights)}
     for path in sorted((exported.folder / TFLITE_DIR).glob("*.tflite")):
         predictors[f"TFLite {path.stem}"] = (TfliteClassifier(path).predict_on_batch, path)
     batches = [pixels[start:start + SPEED_BATCH] for start in range(0, len(pixels), SPEED_BATCH)]

@@ -167,77 +167,6 @@ def imbalanced(tmp: Path, seeds: int = 3) -> None:
         summarize(results, "macro_f1")
 
 
-# ----------------------------------------------------------------------------- 4. real folders
-
-# Icon themes from Debian's packages: one class folder per icon category (apps, devices,
-# places...), the theme's PNGs at one size, 1 to hundreds of images per class, RGBA.
-ICON_FOLDERS = {
-    "oxygen": ("oxygen-icon-theme", Path("/usr/share/icons/oxygen/base/48x48")),
-    "tango": ("tango-icon-theme", Path("/usr/share/icons/Tango/32x32")),
-    "adwaita": ("adwaita-icon-theme", Path("/usr/share/icons/Adwaita/48x48")),
-}
-
-
-def copy_png_folder(source: Path, target: Path) -> Path:
-    """``target/<category>/<name>.png`` for every PNG of ``source``'s category folders,
-    symbolic links resolved (a theme links one picture under several names; the scan groups
-    such copies)."""
-    for category in sorted(path for path in source.iterdir() if path.is_dir()):
-        for png in sorted(category.glob("*.png")):
-            if png.exists():
-                (target / category.name).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(png, target / category.name / png.name)
-    return target
-
-
-def icons(tmp: Path) -> None:
-    for name in ICON_CHOICE:
-        package, source = ICON_FOLDERS[name]
-        if not source.is_dir():
-            print(f"   ({name} skipped: {source} is missing; apt-get install {package})")
-            continue
-        folder = copy_png_folder(source, tmp / f"icons-{name}" / "images")
-        counts = sorted(len(list(path.iterdir())) for path in folder.iterdir())
-        print(f"\n4. {name} icons ({package}, {source}): {sum(counts)} files in {len(counts)} "
-              f"class folders of {counts[0]} to {counts[-1]}, the default config, {SEEDS} seeds:\n"
-              f"{REAL_HEADER}", flush=True)
-        results = []
-        for seed in range(1, SEEDS + 1):
-            results.append(train(folder.parent / f"run-{seed}",
-                                 **{"data.source": str(folder), "data.seed": seed}))
-            print(f"{real_row(seed, results[-1])}\n         {comparison_line(results[-1])}",
-                  flush=True)
-        compare(results)
-
-
-REAL_HEADER = ("   seed  kept model's accuracy / macro F1 (training seconds, epochs)   best "
-               "classical baseline's accuracy / macro F1 (its seconds)")
-
-
-def real_row(seed: int, metrics: dict) -> str:
-    """The kept model (the network, or a baseline kept instead: then the network's own figures
-    too) and the baseline of the best macro F1."""
-    name, best = max(metrics["baselines"].items(), key=lambda item: item[1]["macro_f1"])
-    kept = metrics.get("kept", {})
-    network = (f"kept {kept['model']}; the network {kept['network']['test_accuracy']:.4f} / "
-               f"{kept['network']['macro_f1']:.4f}, " if kept.get("model", "network") != "network"
-               else "")
-    return (f"   {seed:>4}  {metrics['test_accuracy']:.4f} / {metrics['macro_f1']:.4f} "
-            f"({network}{metrics['training_seconds']:.0f} s, {metrics['epochs']} epochs)   "
-            f"{best['test_accuracy']:.4f} / {best['macro_f1']:.4f} ({name}, {best['seconds']:.1f} s)")
-
-
-def compare(results: list[dict]) -> None:
-    network = statistics.mean(result["macro_f1"] for result in results)
-    best = statistics.mean(max(baseline["macro_f1"] for baseline in result["baselines"].values())
-                           for result in results)
-    own = statistics.mean(result.get("kept", {}).get("network", result)["macro_f1"]
-                          for result in results)
-    print(f"   macro F1, mean of {len(results)}: kept model {network:.4f} (the network's own "
-          f"{own:.4f}), best classical baseline {best:.4f}: "
-          f"{'met' if network >= best else 'NOT met'} (kept model >= baseline)", flush=True)
-
-
 # ----------------------------------------------------------------------------- 3. determinism
 
 def determinism(tmp: Path, epochs: int = 8, rounds: int = 3) -> None:
@@ -347,29 +276,6 @@ def compare(results: list[dict]) -> None:
     print(f"   macro F1, mean of {len(results)}: kept model {network:.4f} (the network's own "
           f"{own:.4f}), best classical baseline {best:.4f}: "
           f"{'met' if network >= best else 'NOT met'} (kept model >= baseline)", flush=True)
-
-
-# ----------------------------------------------------------------------------- 3. determinism
-
-def determinism(tmp: Path, epochs: int = 8, rounds: int = 2) -> None:
-    fixed = {"train.epochs": epochs, "train.early_stopping_patience": epochs,
-             "train.classical_baselines": False}
-    times = {False: [], True: []}
-    accuracies = []
-    for _ in range(rounds):  # interleaved, so drift in the machine's speed hits both alike
-        for deterministic in (False, True):
-            result = train(tmp / "determinism", **fixed,
-                           **{"hardware.deterministic": deterministic})
-            times[deterministic].append(result["seconds"])
-            if deterministic:
-                accuracies.append((result["test_accuracy"], result["test_loss"]))
-    cost = statistics.median(times[True]) / statistics.median(times[False])
-    print(f"\n3. determinism, the default training on the digits, {epochs} epochs, "
-          f"median of {rounds}:\n"
-          f"   non-deterministic {statistics.median(times[False]):.1f} s, deterministic "
-          f"{statistics.median(times[True]):.1f} s: x{cost:.2f} the time\n"
-          f"   deterministic runs give the same test accuracy and loss: "
-          f"{len(set(accuracies)) == 1} ({accuracies})", flush=True)
 
 
 PARTS = {"digits": digits, "imbalanced": imbalanced, "determinism": determinism,

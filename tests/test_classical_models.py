@@ -2,8 +2,6 @@
 loses to one on validation keeps the baseline, which then saves, loads, predicts and exports like
 any model (``model.candidates: network_and_classical``)."""
 
-import shutil
-
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -16,7 +14,7 @@ from imgcls_utils.serving.prediction import predict_files_with_export
 from imgcls_utils.training.baselines import predict_classes
 from imgcls_utils.training.classical_models import classical_keras_model
 from imgcls_utils.training.models import output_layer
-from tests.conftest import REPO_ROOT
+from tests.conftest import project_root
 
 
 def digits(classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,9 +43,7 @@ def test_the_keras_form_decides_as_scikit_learn(make, classes):
 @pytest.fixture(scope="module")
 def svm_kept(tmp_path_factory):
     """A run whose network cannot learn (an MLP, one epoch at a learning rate of 1e-7)."""
-    root = tmp_path_factory.mktemp("project")
-    (root / "config").mkdir()
-    shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, root / CONFIG_RELATIVE_PATH)
+    root = project_root(tmp_path_factory.mktemp("project"))
     cfg = load_config(root / CONFIG_RELATIVE_PATH, overrides={
         "data.image_size": [8, 8], "model.family": "mlp", "model.dense_units": 8,
         "train.epochs": 1, "train.min_steps_per_epoch": 1, "train.learning_rate": 1e-7,
