@@ -20,7 +20,7 @@ from imgcls_utils.serving.export import (ASSETS_EXTRA, EXPORT_INFO, WARMUP_FILE,
 from imgcls_utils.serving.graph import decode_image
 from imgcls_utils.serving.prediction import graph_input_problem
 from imgcls_utils.serving.tflite import TfliteClassifier
-from tests.conftest import REPO_ROOT, project_root
+from tests.conftest import project_root
 from tests.test_cli import imgcls
 from tests.test_preprocessing_parity import TARGET, write_every_mode
 
