@@ -165,9 +165,9 @@ def _note_left_out_classes(model_folder: Path) -> None:
 
 
 def cmd_export(args) -> int:
+    project = _config_from_args(args)
     from .model_utils import export_model
 
-    project = _config_from_args(args)
     processed = None
     if not args.no_tflite:
         from .data_utils import process_data
@@ -227,12 +227,13 @@ def cmd_deploy(args) -> int:
 
 def cmd_run(args) -> int:
     """Execute the three notebooks in order with papermill, then report where everything is."""
+    cfg = _config_from_args(args)  # before anything heavy: a mistake is reported at once
     from .experiments.notebook_runs import run_project
     from .training.baselines import comparison_line
     from .training.model_folders import METRICS_FILE
 
     overrides = dict(parse_set_option(option) for option in args.set or [])
-    run_dir, model_dir = run_project(_config_from_args(args), _config_path(args), overrides)
+    run_dir, model_dir = run_project(cfg, _config_path(args), overrides)
     metrics = json.loads((model_dir / METRICS_FILE).read_text())
     print(f"\ntest accuracy: {metrics['test_accuracy']:.4f} "
           f"(test loss {metrics['test_loss']:.4f}, {metrics['test_images']} test images)")
@@ -245,12 +246,13 @@ def cmd_run(args) -> int:
 def cmd_sweep(args) -> int:
     """Validate every run of a sweep, run the unfinished ones through the notebooks, then write
     the results tables and the Experiments report into the sweep folder."""
-    from .experiments.notebook_runs import notebooks_folder, run_sweep_through_notebooks
     from .experiments.sweep import sweep_folder, validate_sweep
 
     project = _config_from_args(args)
     sweep = _sweep_from_args(args, project.data.seed)
-    validate_sweep(sweep, _config_path(args))
+    validate_sweep(sweep, _config_path(args))  # every run, before anything heavy is imported
+    from .experiments.notebook_runs import notebooks_folder, run_sweep_through_notebooks
+
     notebooks = notebooks_folder(project.root)
     folder, resumed = sweep_folder(sweep, project.path("runs_dir"), new=args.new)
     print(f"{'continuing' if resumed else 'new'} sweep {folder}: {len(sweep.runs)} runs",

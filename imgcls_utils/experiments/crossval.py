@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,8 +21,10 @@ from ..config import Config, ConfigError, load_config
 from ..evaluation.metrics import classification_metrics, labels_and_probabilities
 from ..evaluation.plots import plot_cross_validation
 from ..training.progress import duration
-from ..training.recipe import TrainingRun, train
 from .tables import markdown_table, plus_minus
+
+if TYPE_CHECKING:  # training imports TensorFlow: fold_configs validates without it
+    from ..training.recipe import TrainingRun
 
 SCORES = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1")
 
@@ -66,6 +69,8 @@ def fold_configs(cfg_path: Path | None, set_options: list[str], folds: int | Non
 def cross_validate(configs: list[Config], folder: Path) -> CrossValidation:
     """Train one model per fold config into ``folder/fold_<i>``, then write the tables, the
     figure and each fold's scores into ``folder``."""
+    from ..training.recipe import train
+
     folder.mkdir(parents=True, exist_ok=True)
     configs[0].save(folder / "config.yaml")
     rows, test_probabilities, started = [], [], time.monotonic()
