@@ -7,7 +7,7 @@ READY  := $(VENV)/.ready
 # (Debian packages).
 SYSTEM_PACKAGES := chromium chromium-driver nginx podman runc debootstrap
 
-.PHONY: demo test lab notebooks system-packages clean-generated
+.PHONY: demo test lab notebooks lock system-packages clean-generated
 
 demo: $(READY)  ## run the three notebooks on the embedded digits; print test accuracy
 	$(VENV)/bin/imgcls run
@@ -29,12 +29,24 @@ notebooks: $(READY)  ## re-execute the committed notebooks in place
 	    --ExecutePreprocessor.timeout=1800 notebooks/$$name.ipynb || exit 1; \
 	done; rm -rf $$scratch
 
-$(READY): pyproject.toml
+# The whole resolved set of dependencies (every extra), pinned with hashes: a new release of
+# anything cannot change what `make` installs until `make lock` is run and the lock committed.
+$(READY): pyproject.toml requirements.lock
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[dev,notebooks,serving,scale]"
+	$(PYTHON) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PYTHON) -m pip install --quiet --no-deps -e .
 	$(PYTHON) -m ipykernel install --sys-prefix --name imgcls --display-name "Python (imgcls)"
 	touch $(READY)
+
+# After changing pyproject.toml's dependencies (or to take newer releases): re-resolve every
+# dependency and extra for Python 3.10-3.13 with uv, and write environment.yml from the lock.
+lock:  ## refresh requirements.lock and environment.yml from pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet "uv==0.13.*"
+	$(VENV)/bin/uv pip compile pyproject.toml --all-extras --universal --generate-hashes \
+	  --python-version 3.10 --constraint tools/lock-constraints.txt --quiet --custom-compile-command "make lock" -o requirements.lock
+	$(PYTHON) tools/environment_yml.py
 
 system-packages:  ## apt-get install $(SYSTEM_PACKAGES) when missing and root; else their tests skip
 	@missing=; for tool in chromium chromedriver nginx podman runc debootstrap; do \

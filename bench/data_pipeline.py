@@ -223,10 +223,10 @@ def training_rates(folder: Path, processed_dir: Path) -> tuple[str, dict[str, li
     run.build_and_compile()
     pipeline = run.datasets["train"]
     in_memory = pipeline.cache()  # one epoch of augmented batches, kept as they are
-    for _ in in_memory:
-        pass
+    # The images an epoch yields: a small training split is passed over several times per epoch
+    # (train.min_steps_per_epoch), so this is more than the split holds.
+    images = sum(int(batch.shape[0]) for batch, _ in in_memory)
     feeds = {"pipeline": pipeline, "memory": in_memory}
-    images = run.processed.count("train")
     run.model.fit(pipeline, epochs=1, verbose=0, shuffle=False)
     rates = {name: [] for name in feeds}
     for turn in range(TRAINING_ROUNDS):

@@ -7,24 +7,33 @@
    scikit-learn's digits and from Fashion-MNIST, each with a balanced test folder
    (``data.test_split: source``): the network's macro F1 vs the SVM's, over 3 seeds;
 3. determinism: the default training on the digits with and without deterministic ops, the same
-   epochs, interleaved: the time it costs, and whether two deterministic runs agree exactly.
+   epochs, processed once untimed, then interleaved rounds (each run a fresh process): the
+   training time it costs, and whether the deterministic runs agree exactly;
+4. icons: real third-party folders from Debian's icon themes (one class per icon category, 1 to
+   hundreds of images each, RGBA): the kept model (``model.candidates``) and the network's own
+   figures against the best classical baseline, accuracy and macro F1, 3 seeds, with times.
 
-    .venv/bin/python bench/small_data.py                  # about 15 minutes on 2 cores
-    .venv/bin/python bench/small_data.py --only digits    # or imbalanced / determinism
+    .venv/bin/python bench/small_data.py                  # over an hour on 2 busy cores
+    .venv/bin/python bench/small_data.py --only digits    # or imbalanced / determinism / icons
+    .venv/bin/python bench/small_data.py --only icons --icons oxygen,tango --seeds 1
     .venv/bin/python bench/small_data.py --only imbalanced --set train.class_weight=none
 
 ``--set`` changes the defaults for every run, to measure what a default buys.
 
 Fashion-MNIST comes from the Debian package dataset-fashion-mnist (part 2 skips it when it is
-missing). Everything is written to a temporary folder, deleted at the end.
+missing), the icons from oxygen-icon-theme, tango-icon-theme and adwaita-icon-theme (part 4 skips
+a missing theme, naming its package). Everything is written to a temporary folder, deleted at the
+end.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,11 +48,14 @@ sys.path.insert(0, str(REPO))
 
 from imgcls_utils import model_utils  # noqa: E402
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config, parse_set_option  # noqa: E402
+from imgcls_utils.training.baselines import comparison_line  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMBALANCE = 25
 CLASSES = 10
 CHANGED = {}  # --set: applied to every run
+ICON_CHOICE = ["oxygen", "tango", "adwaita"]  # --icons
+SEEDS = 3  # --seeds, of part 4
 
 
 def project(folder: Path, **overrides):
@@ -157,28 +169,117 @@ def imbalanced(tmp: Path, seeds: int = 3) -> None:
 
 # ----------------------------------------------------------------------------- 3. determinism
 
-def determinism(tmp: Path, epochs: int = 8, rounds: int = 2) -> None:
+def determinism(tmp: Path, epochs: int = 8, rounds: int = 3) -> None:
+    """Only the training is timed: the digits are written, scanned and processed once before
+    (untimed), then runs with and without deterministic ops alternate, each its own process-wide
+    setting (TensorFlow's op determinism cannot be switched off once on, so each run is a fresh
+    process)."""
     fixed = {"train.epochs": epochs, "train.early_stopping_patience": epochs,
              "train.classical_baselines": False}
+    model_utils.TrainingRun(project(tmp / "determinism", **fixed)).process_data()  # untimed
     times = {False: [], True: []}
     accuracies = []
     for _ in range(rounds):  # interleaved, so drift in the machine's speed hits both alike
         for deterministic in (False, True):
-            result = train(tmp / "determinism", **fixed,
-                           **{"hardware.deterministic": deterministic})
-            times[deterministic].append(result["seconds"])
+            result = fit_in_process(tmp / "determinism",
+                                    {**fixed, "hardware.deterministic": deterministic})
+            times[deterministic].append(result["training_seconds"])
             if deterministic:
                 accuracies.append((result["test_accuracy"], result["test_loss"]))
     cost = statistics.median(times[True]) / statistics.median(times[False])
-    print(f"\n3. determinism, the default training on the digits, {epochs} epochs, "
-          f"median of {rounds}:\n"
-          f"   non-deterministic {statistics.median(times[False]):.1f} s, deterministic "
-          f"{statistics.median(times[True]):.1f} s: x{cost:.2f} the time\n"
+    print(f"\n3. determinism, the default training on the digits, {epochs} epochs, training "
+          f"seconds (processing done once before), {rounds} interleaved rounds:\n"
+          f"   non-deterministic {', '.join(f'{s:.1f}' for s in times[False])} s; deterministic "
+          f"{', '.join(f'{s:.1f}' for s in times[True])} s; medians: x{cost:.2f} the time\n"
           f"   deterministic runs give the same test accuracy and loss: "
           f"{len(set(accuracies)) == 1} ({accuracies})", flush=True)
 
 
-PARTS = {"digits": digits, "imbalanced": imbalanced, "determinism": determinism}
+def fit_in_process(folder: Path, overrides: dict) -> dict:
+    """The metrics of ``imgcls train`` on ``folder``'s project in a fresh process."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from bench.small_data import "
+            "project, model_utils; from pathlib import Path; run = model_utils.train(project("
+            "Path(sys.argv[2]), **json.loads(sys.argv[3]))); "
+            "print(json.dumps(run.evaluation.metrics, default=str))")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO), str(folder),
+                           json.dumps({**CHANGED, **overrides})],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- 4. real folders
+
+# Icon themes from Debian's packages: one class folder per icon category (apps, devices,
+# places...), the theme's PNGs at one size, 1 to hundreds of images per class, RGBA.
+ICON_FOLDERS = {
+    "oxygen": ("oxygen-icon-theme", Path("/usr/share/icons/oxygen/base/48x48")),
+    "tango": ("tango-icon-theme", Path("/usr/share/icons/Tango/32x32")),
+    "adwaita": ("adwaita-icon-theme", Path("/usr/share/icons/Adwaita/48x48")),
+}
+
+
+def copy_png_folder(source: Path, target: Path) -> Path:
+    """``target/<category>/<name>.png`` for every PNG of ``source``'s category folders,
+    symbolic links resolved (a theme links one picture under several names; the scan groups
+    such copies)."""
+    for category in sorted(path for path in source.iterdir() if path.is_dir()):
+        for png in sorted(category.glob("*.png")):
+            if png.exists():
+                (target / category.name).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(png, target / category.name / png.name)
+    return target
+
+
+def icons(tmp: Path) -> None:
+    for name in ICON_CHOICE:
+        package, source = ICON_FOLDERS[name]
+        if not source.is_dir():
+            print(f"   ({name} skipped: {source} is missing; apt-get install {package})")
+            continue
+        folder = copy_png_folder(source, tmp / f"icons-{name}" / "images")
+        counts = sorted(len(list(path.iterdir())) for path in folder.iterdir())
+        print(f"\n4. {name} icons ({package}, {source}): {sum(counts)} files in {len(counts)} "
+              f"class folders of {counts[0]} to {counts[-1]}, the default config, {SEEDS} seeds:\n"
+              f"{REAL_HEADER}", flush=True)
+        results = []
+        for seed in range(1, SEEDS + 1):
+            results.append(train(folder.parent / f"run-{seed}",
+                                 **{"data.source": str(folder), "data.seed": seed}))
+            print(f"{real_row(seed, results[-1])}\n         {comparison_line(results[-1])}",
+                  flush=True)
+        compare(results)
+
+
+REAL_HEADER = ("   seed  kept model's accuracy / macro F1 (training seconds, epochs)   best "
+               "classical baseline's accuracy / macro F1 (its seconds)")
+
+
+def real_row(seed: int, metrics: dict) -> str:
+    """The kept model (the network, or a baseline kept instead: then the network's own figures
+    too) and the baseline of the best macro F1."""
+    name, best = max(metrics["baselines"].items(), key=lambda item: item[1]["macro_f1"])
+    kept = metrics.get("kept", {})
+    network = (f"kept {kept['model']}; the network {kept['network']['test_accuracy']:.4f} / "
+               f"{kept['network']['macro_f1']:.4f}, " if kept.get("model", "network") != "network"
+               else "")
+    return (f"   {seed:>4}  {metrics['test_accuracy']:.4f} / {metrics['macro_f1']:.4f} "
+            f"({network}{metrics['training_seconds']:.0f} s, {metrics['epochs']} epochs)   "
+            f"{best['test_accuracy']:.4f} / {best['macro_f1']:.4f} ({name}, {best['seconds']:.1f} s)")
+
+
+def compare(results: list[dict]) -> None:
+    network = statistics.mean(result["macro_f1"] for result in results)
+    best = statistics.mean(max(baseline["macro_f1"] for baseline in result["baselines"].values())
+                           for result in results)
+    own = statistics.mean(result.get("kept", {}).get("network", result)["macro_f1"]
+                          for result in results)
+    print(f"   macro F1, mean of {len(results)}: kept model {network:.4f} (the network's own "
+          f"{own:.4f}), best classical baseline {best:.4f}: "
+          f"{'met' if network >= best else 'NOT met'} (kept model >= baseline)", flush=True)
+
+
+PARTS = {"digits": digits, "imbalanced": imbalanced, "determinism": determinism,
+         "icons": icons}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -186,7 +287,11 @@ if __name__ == "__main__":
                         help="run only this part (repeatable); default: all")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a default for every run (repeatable)")
+    parser.add_argument("--icons", help="part 4's folders, comma-separated (default: all)")
+    parser.add_argument("--seeds", type=int, default=SEEDS, help="part 4's seeds")
     args = parser.parse_args()
+    ICON_CHOICE[:] = args.icons.split(",") if args.icons else ICON_CHOICE
+    SEEDS = args.seeds
     CHANGED.update(parse_set_option(option) for option in args.set)
     if CHANGED:
         print(f"changed defaults: {CHANGED}")

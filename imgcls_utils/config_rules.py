@@ -150,6 +150,7 @@ RULES: dict[str, Rule] = {
     "augment.contrast": fraction(),
     "model.name": either("auto", identifier(), "a name"),
     "model.family": choice("cnn", "mlp", "transfer"),
+    "model.candidates": choice("network", "network_and_classical"),
     "model.conv_filters": int_list(None, minimum=1),
     "model.dense_units": integer(1),
     "model.dropout": fraction(),

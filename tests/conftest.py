@@ -48,13 +48,24 @@ def write_image(path: Path, size=(12, 10), mode="RGB", color=None, fmt=None, see
     return path
 
 
-@pytest.fixture
-def class_folder(tmp_path: Path) -> Path:
-    """Three classes of 10 distinct small RGB PNGs each: ``tmp_path/images/<class>/<i>.png``."""
-    root = tmp_path / "images"
+def write_class_folder(root: Path) -> Path:
+    """Three classes of 10 distinct small RGB PNGs each: ``root/<class>/<i>.png``."""
     for c, name in enumerate(["cat", "dog", "fox"]):
         for i in range(10):
             write_image(root / name / f"{i}.png", seed=100 * c + i)
+    return root
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    """``write_class_folder`` in ``tmp_path/images``."""
+    return write_class_folder(tmp_path / "images")
+
+
+def project_root(root: Path) -> Path:
+    """``root`` made a project root: a copy of the real Hyperparameters.yaml in its config/."""
+    (root / "config").mkdir()
+    shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, root / CONFIG_RELATIVE_PATH)
     return root
 
 
@@ -65,9 +76,7 @@ def served_model(tmp_path_factory):
     folder before changing what is next to it."""
     from imgcls_utils import model_utils
 
-    root = tmp_path_factory.mktemp("served_project")
-    (root / "config").mkdir()
-    shutil.copy(REPO_ROOT / CONFIG_RELATIVE_PATH, root / CONFIG_RELATIVE_PATH)
+    root = project_root(tmp_path_factory.mktemp("served_project"))
     cfg = load_config(root / CONFIG_RELATIVE_PATH, overrides=SERVED_RUN)
     folder = model_utils.train(cfg).model_folder
     version = model_utils.export_model(folder, cfg.path("exports_dir"))

@@ -163,8 +163,9 @@ def split_extras(requirement: str) -> tuple[str, set[str]]:
 
 
 def test_the_dockerfile_installs_pyprojects_serving_install_on_environment_ymls_python():
-    """The image's pip commands are the Makefile's (without -e, dev and notebooks), its
-    requirements pyproject's base and serving ones with TensorFlow as tensorflow-cpu."""
+    """The same pip and options as the Makefile (which installs every dependency from
+    requirements.lock, then the package without dependencies); the image's requirements are
+    pyproject's base and serving ones with TensorFlow as tensorflow-cpu."""
     import tomllib
 
     sys.path.insert(0, str(REPO_ROOT / "Model_Serving"))
@@ -174,11 +175,12 @@ def test_the_dockerfile_installs_pyprojects_serving_install_on_environment_ymls_
         sys.path.pop(0)
     makefile = [line.strip().replace("$(PYTHON)", "python")
                 for line in (REPO_ROOT / "Makefile").read_text().splitlines()]
-    (make_upgrade, make_install), docker = pip_commands(makefile), pip_commands(instruction("RUN"))
+    make_upgrade, make_lock, make_package = pip_commands(makefile)[:3]  # then `make lock`'s uv
+    docker = pip_commands(instruction("RUN"))
     assert docker[0] == make_upgrade == shlex.split("python -m pip install --quiet --upgrade pip")
+    assert make_lock[-2:] == ["-r", "requirements.lock"]
+    assert make_package == shlex.split("python -m pip install --quiet --no-deps -e .")
     assert docker[-1] == shlex.split("python -m pip install --quiet --no-deps .")
-    (make_path, make_extras) = split_extras(make_install[-1])
-    assert make_path == "." and make_extras == {"dev", "notebooks", "serving", "scale"}
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     with_deps, alone = requirements(project, "tensorflow-cpu")
     wanted = [*project["project"]["dependencies"], *project["project"]["optional-dependencies"][

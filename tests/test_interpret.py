@@ -8,7 +8,7 @@ from PIL import Image
 
 from imgcls_utils import cli, model_utils
 from imgcls_utils.evaluation import interpret
-from tests.conftest import SERVED_RUN, write_image
+from tests.conftest import write_image
 
 SIDE = 24
 PATCH = 6
@@ -126,16 +126,9 @@ def test_explanation_figures_of_top_losses_and_correct_examples(tmp_path, make_c
 
 
 @pytest.fixture(scope="module")
-def digits_folder(tmp_path_factory):
-    """A small digits CNN's model folder (two epochs at 16x16)."""
-    from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
-    from tests.conftest import REPO_ROOT
-
-    root = tmp_path_factory.mktemp("explain_project")
-    (root / "config").mkdir()
-    (root / CONFIG_RELATIVE_PATH).write_text((REPO_ROOT / CONFIG_RELATIVE_PATH).read_text())
-    cfg = load_config(root / CONFIG_RELATIVE_PATH, overrides=SERVED_RUN)
-    return model_utils.train(cfg).model_folder
+def digits_folder(served_model):
+    """The session's small digits CNN (two epochs at 16x16): explaining only reads its folder."""
+    return served_model[1]
 
 
 def test_explain_files_writes_one_overlay_per_readable_image(digits_folder, tmp_path):

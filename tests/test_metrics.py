@@ -56,3 +56,15 @@ def test_correct_examples_are_the_surest_right_answer_of_each_class_in_class_ord
     assert examples["path"].tolist() == ["a2", "b0"]  # c3 was mistaken for b, b4 for c
     assert examples.columns.tolist() == model_utils.top_losses(
         np.array([0]), probabilities[:1], ["x"], ["a", "b", "c"]).columns.tolist()
+
+
+def test_macro_f1_leaves_out_classes_with_no_test_images_that_nothing_predicts():
+    """A tiny class that went to training whole cannot be measured: counting it as an F1 of 0
+    lowered the network's macro F1 (and not the baselines') by a tenth per such class of ten."""
+    truth, predicted = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0])
+    probabilities = np.eye(3)[predicted]
+    scores = metrics.classification_metrics(truth, probabilities, ["a", "b", "never_tested"])
+    assert scores["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert scores["per_class"]["never_tested"]["support"] == 0
+    wrongly_predicted = metrics.classification_metrics(truth, np.eye(3)[[0, 0, 1, 2]], ["a", "b", "c"])
+    assert wrongly_predicted["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)

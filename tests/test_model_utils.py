@@ -2,6 +2,7 @@
 and refuse folders that are unfinished, incomplete or changed."""
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 
 from imgcls_utils import model_utils
+from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
 from imgcls_utils.data_utils import load_image
 from imgcls_utils.errors import UserError
 from imgcls_utils.model_utils import ModelFolderError
 from imgcls_utils.training.model_folders import file_hashes, model_name
-from tests.conftest import write_image
+from tests.conftest import project_root, write_class_folder, write_image
 from tests.sample_files import write_png_claiming_size
 from tests.test_cli import imgcls
 from tests.test_data_utils import disk_full
@@ -22,11 +24,22 @@ from tests.test_models import SMALL, TINY_TRANSFER
 RUN = {**SMALL, "train.epochs": 2, "train.verbose": 0}
 
 
-@pytest.fixture
-def trained(project, make_config, class_folder):
-    cfg = make_config(**RUN, **{"data.source": str(class_folder)})
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small CNN trained on ``write_class_folder``'s images, shared by the tests that read
+    its model folder (``trained_copy`` for those that change it)."""
+    root = project_root(tmp_path_factory.mktemp("project"))
+    images = write_class_folder(root / "images")
+    cfg = load_config(root / CONFIG_RELATIVE_PATH, overrides={**RUN, "data.source": str(images)})
     run = model_utils.train(cfg)
     return cfg, run.model_folder, run.evaluation.metrics
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    """``trained`` with its model folder copied, for a test that damages it."""
+    cfg, folder, metrics = trained
+    return cfg, Path(shutil.copytree(folder, tmp_path / folder.name)), metrics
 
 
 def test_train_writes_a_complete_folder_named_for_the_source_and_family(trained):
@@ -88,14 +101,16 @@ def test_prediction_works_for_any_size_and_mode(trained, tmp_path):
     odd = write_image(tmp_path / "big.jpg", size=(300, 120), mode="RGB", fmt="JPEG")
     gray = write_image(tmp_path / "gray.png", size=(5, 7), mode="L")
     predictions = model_utils.predict_files(model, class_names, config, [odd, gray])
-    assert [(p.path.name, len(p.top), p.error) for p in predictions] == [("big.jpg", 3, ""),
-                                                                        ("gray.png", 3, "")]
+    assert [(p.path.name, p.error) for p in predictions] == [("big.jpg", ""), ("gray.png", "")]
+    for prediction in predictions:  # the top 3 of 3 classes: each class once, all the mass
+        labels, probabilities = zip(*prediction.top)
+        assert sorted(labels) == class_names and sum(probabilities) == pytest.approx(1, abs=1e-4)
     with pytest.raises(UserError, match="does not exist"):
         model_utils.predict_files(model, class_names, config, [tmp_path / "missing.png"])
 
 
-def test_damaged_or_unfinished_folders_are_refused(trained):
-    _, folder, _ = trained
+def test_damaged_or_unfinished_folders_are_refused(trained_copy):
+    _, folder, _ = trained_copy
     (folder / "class_names.json").unlink()
     with pytest.raises(ModelFolderError, match="damaged: missing class_names.json"):
         model_utils.load_model_folder(folder)
@@ -108,16 +123,16 @@ def test_damaged_or_unfinished_folders_are_refused(trained):
         model_utils.load_model_folder(partial)
 
 
-def test_a_changed_model_file_is_refused(trained):
-    _, folder, _ = trained
+def test_a_changed_model_file_is_refused(trained_copy):
+    _, folder, _ = trained_copy
     with zipfile.ZipFile(folder / "model.keras", "a") as archive:
         archive.writestr("extra.txt", "tampered")
     with pytest.raises(ModelFolderError, match="model.keras changed since training"):
         model_utils.load_model_folder(folder)
 
 
-def test_a_corrupt_model_file_with_a_matching_hash_is_still_a_clear_error(trained):
-    _, folder, _ = trained
+def test_a_corrupt_model_file_with_a_matching_hash_is_still_a_clear_error(trained_copy):
+    _, folder, _ = trained_copy
     (folder / "model.keras").write_bytes(b"garbage")
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"]["model.keras"] = file_hashes(folder)["model.keras"]

@@ -32,10 +32,11 @@ from ..config import Config
 from ..data.input_pipeline import STATISTICS, make_datasets
 from ..data.processed import ProcessedData, process_data
 from ..evaluation.calibration import apply_temperature, calibration_metrics, calibration_report
-from ..evaluation.metrics import classification_metrics, labels_and_probabilities
+from ..evaluation.metrics import classification_metrics, labels_and_probabilities, macro_f1
 from ..evaluation.plots import plot_confusion_matrix, plot_reliability_diagram, plot_training_curves
 from ..quiet_tensorflow import keras
-from .baselines import fit_baselines
+from .baselines import fit_baseline_models
+from .classical_models import classical_keras_model
 from .checkpoints import run_identity
 from .hardware import choose_hardware
 from .loop import class_weights, compile_model, local_copy, set_seed, train_model
@@ -141,7 +142,11 @@ class TrainingRun:
         The metrics also hold the parameter count and the seconds ``fit`` took (since it
         resumed, for a resumed run) for comparing runs; with ``train.calibration: temperature``
         the validation split is predicted too, to fit the temperature; with
-        ``train.classical_baselines``, the metrics hold the baselines' results too."""
+        ``train.classical_baselines``, the metrics hold the baselines' results too, and with
+        ``model.candidates: network_and_classical`` a baseline better than the network on the
+        validation split replaces it (``keep_best_candidate``)."""
+        fitted = fit_baseline_models(self.processed) if self.cfg.train.classical_baselines else {}
+        kept = self.keep_best_candidate(fitted) if fitted else None
         test = labels_and_probabilities(self.model, self.datasets["test"])
         metrics = classification_metrics(*test, self.processed.class_names)
         metrics["parameters"] = count_parameters(self.model)["total"]
@@ -151,10 +156,34 @@ class TrainingRun:
             val = labels_and_probabilities(self.model, self.datasets["val"])
             calibration = calibration_report(val, test)
         metrics.update(calibration_metrics(test, calibration))
-        if self.cfg.train.classical_baselines:
-            metrics["baselines"] = fit_baselines(self.processed)
+        if fitted:
+            metrics["baselines"] = {name: results for name, (results, _) in fitted.items()}
+        if kept:
+            metrics["kept"] = kept
         self.evaluation = Evaluation(*test, metrics, calibration)
         return self.evaluation
+
+    def keep_best_candidate(self, fitted: dict) -> dict | None:
+        """With ``model.candidates: network_and_classical``, the classical baseline whose
+        validation macro F1 beats the network's becomes the run's model (in its Keras form, which
+        saves, predicts, exports and serves like the network); the network's own test figures
+        are kept in the metrics. Returns what was kept and why, or None when nothing was
+        compared (no validation images, or ``network`` only)."""
+        if self.cfg.model.candidates != "network_and_classical" or not self.processed.count("val"):
+            return None
+        labels, probabilities = labels_and_probabilities(self.model, self.datasets["val"])
+        scores = {"network": macro_f1(labels, probabilities.argmax(axis=1)),
+                  **{name: results["val_macro_f1"] for name, (results, _) in fitted.items()}}
+        best = max(scores, key=lambda name: (scores[name], name == "network"))
+        kept = {"model": best, "val_macro_f1": scores}
+        if best != "network":
+            network = classification_metrics(*labels_and_probabilities(
+                self.model, self.datasets["test"]), self.processed.class_names)
+            kept["network"] = {key: network[key] for key in ("test_accuracy", "macro_f1")}
+            self.model = compile_model(classical_keras_model(
+                fitted[best][1], self.processed.input_shape, len(self.processed.class_names)),
+                self.cfg.train, steps_per_epoch=1)  # never trained: compiled to save like any
+        return kept
 
     def save(self) -> Path:
         """Write the model folder (model, class names, config, history, metrics, calibration,
