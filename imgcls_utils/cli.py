@@ -124,7 +124,7 @@ def cmd_predict(args) -> int:
     if args.model.suffix != ".tflite" and not is_export(args.model):
         _note_left_out_classes(args.model)
     for prediction in predictions:
-        print(f"{prediction.path}: {_guesses(prediction)}")
+        print(prediction.line())
     return _exit_code(predictions)
 
 
@@ -136,14 +136,8 @@ def cmd_explain(args) -> int:
     _note_left_out_classes(args.model_folder)
     for explanation in explanations:
         written = f" -> {explanation.overlay}" if explanation.overlay else ""
-        print(f"{explanation.prediction.path}: {_guesses(explanation.prediction)}{written}")
+        print(f"{explanation.prediction.line()}{written}")
     return _exit_code([explanation.prediction for explanation in explanations])
-
-
-def _guesses(prediction) -> str:
-    """``label probability, ...``, or why the file cannot be classified."""
-    guesses = ", ".join(f"{label} {probability:.3f}" for label, probability in prediction.top)
-    return guesses or f"cannot be classified: {prediction.error}"
 
 
 def _exit_code(predictions: list) -> int:

@@ -40,6 +40,11 @@ class Prediction:
     top: list[tuple[str, float]]
     error: str = ""
 
+    def line(self) -> str:
+        """``path: label probability, ...``, or why the file cannot be classified."""
+        guesses = ", ".join(f"{label} {probability:.3f}" for label, probability in self.top)
+        return f"{self.path}: {guesses or f'cannot be classified: {self.error}'}"
+
 
 def image_files(paths: list[Path]) -> list[Path]:
     """The given image files, plus the image files under any given folder, sorted (hidden and
