@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..config import Config, Section
 from ..errors import DataError
-from ..files import file_sha256, staged, write_atomically
+from ..files import file_sha256, locked, staged, write_atomically
 from . import duplicates
 from .duplicates import CONFLICT
 from .engine import Engine, batches
@@ -107,24 +107,24 @@ def scan_image_folder(folder: Path, data: Section | None = None, manifest_dir: P
     official = has_official_split(folder)
     candidates, skipped = _walk(folder, official)
     engine = (engine or Engine()).for_files(len(candidates))
-    with _manifest_folder(manifest_dir) as where:
+    with _manifest_folder(manifest_dir) as where:  # a second scan of the folder waits
         manifest = Manifest(where, limits.manifest_settings())
         inspected, stats = _inspect_all(folder, candidates, limits, manifest, engine, verify)
-    del candidates  # the records hold the paths now: a million of them is memory worth freeing
-    usable = inspected.records["problem"].isna().to_numpy()
-    images = _placed(inspected.records[usable], official)
-    skipped += inspected.records.loc[~usable, SKIPPED_COLUMNS].to_dict("records")
-    hashes = Inspected(images, inspected.phash[usable], inspected.average[usable])
-    del inspected
-    images["group"], stats["candidate_pairs"] = _groups(images, hashes, limits,
-                                                        manifest if manifest_dir else None, engine)
-    del hashes
-    table = duplicates.duplicate_table(images)
+        del candidates  # the records hold the paths now: a million of them is worth freeing
+        usable = inspected.records["problem"].isna().to_numpy()
+        images = _placed(inspected.records[usable], official)
+        skipped += inspected.records.loc[~usable, SKIPPED_COLUMNS].to_dict("records")
+        hashes = Inspected(images, inspected.phash[usable], inspected.average[usable])
+        del inspected
+        images["group"], stats["candidate_pairs"] = _groups(
+            images, hashes, limits, manifest if manifest_dir else None, engine)
+        del hashes
+        table = duplicates.duplicate_table(images)
+        listed = _write_duplicate_lists(table, manifest_dir, folder) if manifest_dir else None
     conflicting = table[table["conflict"]]
     skipped += [_conflict_record(conflicting, row) for row in conflicting.itertuples()]
     images = images[~images["path"].isin(conflicting["path"])].reset_index(drop=True)
     skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).sort_values("path", ignore_index=True)
-    listed = _write_duplicate_lists(table, manifest_dir, folder) if manifest_dir else None
     return ScanResult(folder, images, skipped, table, _class_folders(folder, official), official,
                       listed, {**stats, "engine": engine.describe()})
 
@@ -141,9 +141,12 @@ def scan_source(cfg: Config, verify: bool = False) -> ScanResult:
 
 @contextmanager
 def _manifest_folder(manifest_dir: Path | None) -> Iterator[Path]:
-    """``manifest_dir``, or a temporary folder for a scan that keeps no manifest."""
+    """``manifest_dir``, locked against other processes scanning the same source (two runs
+    started at once: the second waits, then reads the first's records), or a temporary folder
+    for a scan that keeps no manifest."""
     if manifest_dir is not None:
-        yield Path(manifest_dir)
+        with locked(Path(manifest_dir)):
+            yield Path(manifest_dir)
         return
     with tempfile.TemporaryDirectory(prefix="imgcls-scan-") as temporary:
         yield Path(temporary) / "manifest"
