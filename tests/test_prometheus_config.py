@@ -4,19 +4,17 @@ real Prometheus scrapes two ``imgcls serve`` replicas and computes the recording
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import httpx
 import pytest
 import yaml
 
-from imgcls_utils.config import CONFIG_RELATIVE_PATH
 from imgcls_utils.serving.deployment import DEPLOYMENT_RELATIVE_PATH, free_loopback_port, \
     load_deployment
 from imgcls_utils.serving.prometheus_config import prometheus_yml, rules_yml
 from tests.conftest import REPO_ROOT
-from tests.live_server import live_server
+from tests.live_server import two_replicas
 from tests.prometheus_tools import (local_prometheus, needs_prometheus, needs_promtool, promtool,
                                     query, rule_tests)
 
@@ -158,21 +156,16 @@ def test_the_error_ratio_is_recorded_as_failed_over_all_predictions(tmp_path):
 
 @needs_prometheus
 def test_prometheus_scrapes_both_replicas_and_records_the_rules(served_model, tmp_path):
-    cfg, _, version = served_model
-    export = tmp_path / "exports" / version.parent.name
-    shutil.copytree(version, export / "1")
-    config = cfg.root / CONFIG_RELATIVE_PATH
+    cfg = served_model[0]
     digit = sorted((cfg.path("raw_dir") / "digits").glob("*/*.png"))[0].read_bytes()
-    with live_server(export, config, tmp_path / "a.log") as first, \
-            live_server(export, config, tmp_path / "b.log") as second:
-        targets = [server.url.removeprefix("http://") for server in (first, second)]
+    with two_replicas(served_model, tmp_path) as targets:
         (tmp_path / "prometheus.yml").write_text(prometheus_yml(targets, 1))
         (tmp_path / "rules.yml").write_text(RULES)
         with local_prometheus(tmp_path, free_loopback_port()) as prometheus:
             wait_for(prometheus, 'count(up{job="imgcls"} == 1) == 2')
             for _ in range(20):  # bounded traffic, over several 1 s scrapes: a rate to record
-                for server in (first, second):
-                    assert httpx.post(f"{server.url}/predict", files={
+                for target in targets:
+                    assert httpx.post(f"http://{target}/predict", files={
                         "file": ("digit.png", digit)}).status_code == 200
                 time.sleep(0.2)
             wait_for(prometheus, 'sum(imgcls_requests_total{endpoint="upload"}) == 40')
@@ -181,6 +174,7 @@ def test_prometheus_scrapes_both_replicas_and_records_the_rules(served_model, tm
             up = query(prometheus, 'up{job="imgcls"}')
             uploads = query(prometheus, 'sum by (instance) (imgcls_requests_total'
                                         '{endpoint="upload", status="200"})')
+            predictions = query(prometheus, "sum(imgcls_predictions_total)")
             batch = wait_for(prometheus, "job:imgcls_batch_size:mean5m")
             p99 = wait_for(prometheus, "job:imgcls_request_latency_seconds:p99_5m")
     assert sorted(sample["metric"]["instance"] for sample in up) == sorted(targets)
@@ -188,6 +182,7 @@ def test_prometheus_scrapes_both_replicas_and_records_the_rules(served_model, tm
     assert {sample["metric"]["instance"]: float(sample["value"][1]) for sample in uploads} == \
         dict.fromkeys(targets, 20.0)
     assert float(recorded[0]["value"][1]) > 0
+    assert float(predictions[0]["value"][1]) == 40  # the model's metrics too
     assert float(batch[0]["value"][1]) >= 1 and 0 < float(p99[0]["value"][1]) < 10
 
 

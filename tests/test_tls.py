@@ -13,13 +13,13 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from imgcls_utils.config import CONFIG_RELATIVE_PATH, ConfigError
+from imgcls_utils.config import ConfigError
 from imgcls_utils.serving.deployment import (DEPLOYMENT_RELATIVE_PATH, compose_file,
                                              free_loopback_port, load_deployment, local_nginx,
                                              nginx_conf, nginx_executable, write_deployment)
 from imgcls_utils.serving.tls import TlsFront
 from tests.conftest import REPO_ROOT
-from tests.live_server import live_server
+from tests.live_server import two_replicas
 
 SETTINGS_PATH = REPO_ROOT / DEPLOYMENT_RELATIVE_PATH
 KEY = "tls-test-key"
@@ -83,15 +83,9 @@ def test_a_missing_certificate_or_key_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def keyed_replicas(served_model, tmp_path_factory):
     """Two replicas on loopback that need the API key: their ``host:port``."""
-    cfg, _, version = served_model
-    folder = tmp_path_factory.mktemp("tls_replicas")
-    export = folder / "exports" / version.parent.name
-    shutil.copytree(version, export / "1")
-    config = cfg.root / CONFIG_RELATIVE_PATH
-    env = {**os.environ, "IMGCLS_API_KEY": KEY}
-    with live_server(export, config, folder / "a.log", env=env) as first, \
-            live_server(export, config, folder / "b.log", env=env) as second:
-        yield [server.url.removeprefix("http://") for server in (first, second)]
+    with two_replicas(served_model, tmp_path_factory.mktemp("tls_replicas"),
+                      env={**os.environ, "IMGCLS_API_KEY": KEY}) as replicas:
+        yield replicas
 
 
 def curl(*arguments: str) -> subprocess.CompletedProcess:
