@@ -258,7 +258,8 @@ def compose_file(settings: DeploymentSettings) -> str:
     services["prometheus"] = prometheus_service(settings.monitoring, names)
     usage = (f"# docker compose -f Deployment/compose.yaml up --build -d (with Prometheus: "
              f"--profile monitoring); then\n"
-             f"# POST http://localhost:{settings.nginx_port}/v1/models/{settings.model}:predict\n")
+             f"# POST {'http' if settings.tls['tls_certificate'] == 'none' else 'https'}://"
+             f"localhost:{settings.nginx_port}/v1/models/{settings.model}:predict\n")
     return GENERATED_HEADER + usage + yaml.safe_dump({"services": services}, sort_keys=False,
                                                      width=100)
 
