@@ -21,7 +21,8 @@ from imgcls_utils.config import CONFIG_RELATIVE_PATH
 from imgcls_utils.data_utils import process_data
 from imgcls_utils.serving.drift import SlidingCounts, drift_reference, psi
 from imgcls_utils.serving.deployment import DEPLOYMENT_RELATIVE_PATH, load_deployment
-from imgcls_utils.serving.export import export_model, read_version
+from imgcls_utils import model_utils
+from imgcls_utils.serving.export import read_version
 from imgcls_utils.serving.prometheus_config import rules_yml
 from tests.conftest import REPO_ROOT
 from tests.live_server import live_server
@@ -75,8 +76,8 @@ def reference_export(served_model, tmp_path_factory):
     TensorFlow Lite variants): ``(version folder, processed data)``."""
     cfg, folder, _ = served_model
     processed = process_data(cfg)  # the fixture's own, reused
-    exported = export_model(folder, tmp_path_factory.mktemp("drift_exports"), processed,
-                            tflite_variants=False)
+    exported = model_utils.export_model(folder, tmp_path_factory.mktemp("drift_exports"),
+                                        processed, tflite_variants=False)
     return exported.folder, processed
 
 
