@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imgcls_utils.config import CONFIG_RELATIVE_PATH
 from imgcls_utils.data_utils import process_data
-from imgcls_utils.serving.drift import SlidingCounts, drift_reference, psi
+from imgcls_utils.serving.drift import (DriftMetrics, DriftMonitor, SlidingCounts, drift_reference,
+                                        psi)
 from imgcls_utils.serving.deployment import DEPLOYMENT_RELATIVE_PATH, load_deployment
 from imgcls_utils import model_utils
 from imgcls_utils.serving.export import read_version
@@ -66,6 +67,24 @@ def test_the_reference_holds_class_shares_and_decile_bins():
     for name in ("confidence", "brightness"):
         assert len(reference[name]["edges"]) == 9
         np.testing.assert_allclose(reference[name]["shares"], 0.1, atol=0.01)
+
+
+def test_an_unloaded_versions_series_are_removed():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    metrics = DriftMetrics(registry)
+    rng = np.random.default_rng(2)
+    reference = drift_reference(rng.dirichlet(np.ones(3), 300), rng.uniform(0, 255, (300, 4)))
+    monitors = [DriftMonitor(metrics, "m", version, ["a", "b", "c"], reference, 50)
+                for version in (1, 2)]
+    for monitor in monitors:
+        monitor.observe(rng.uniform(0, 255, (120, 4)), rng.dirichlet(np.ones(3), 120))
+    assert 'version="1"' in generate_latest(registry).decode()
+    assert all(not math.isnan(score) for score in monitors[0].scores.values())
+    monitors[0].forget()
+    text = generate_latest(registry).decode()
+    assert 'version="1"' not in text and 'version="2"' in text
 
 
 # ----------------------------------------------------------------------------- a real server
