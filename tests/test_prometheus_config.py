@@ -67,14 +67,16 @@ def latency_buckets(instance: str, fast_share: float) -> dict:
 
 ALERT_TESTS = [
     alert_test("ImgclsReplicaDown", {f"up{labels(A)}": "1 1 0x10", f"up{labels(B)}": "1x12"},
-               {"2m": [], "4m": [expected(f"Replica {A} does not answer Prometheus' scrape", instance=A)]}),
+               {"2m": [], "4m": [expected(f"Replica {A} does not answer Prometheus' scrape",
+                                          instance=A)]}),
     alert_test("ImgclsNoVersionAvailable",
                {f"up{labels(A)}": "1x12", f"up{labels(B)}": "1x12",
                 f"imgcls_model_version{labels(B, model='digits_cnn')}": "1x12"},
                {"3m": [], "6m": [expected(f"Replica {A} answers but serves no model version",
                                 instance=A)]}),
     alert_test("ImgclsHighErrorRate", request_counters(A, 100, 5),  # 4.8% failed
-               {"3m": [], "10m": [expected("4.762% of predictions failed (5xx) over 5 minutes (over 1%)")]}),
+               {"3m": [], "10m": [expected("4.762% of predictions failed (5xx) over 5 minutes "
+                                           "(over 1%)")]}),
     alert_test("ImgclsHighErrorRate", request_counters(A, 1000, 5),  # 0.5% failed: no alert
                {"10m": [], "20m": []}),
     alert_test("ImgclsHighLatency", latency_buckets(A, 0.5), {
@@ -84,19 +86,22 @@ ALERT_TESTS = [
                {f"imgcls_queued_images{labels(A)}": f"{SETTINGS.max_queued_images}x12",
                 f"imgcls_queued_images{labels(B)}": f"{SETTINGS.max_queued_images // 2}x12"},
                {"3m": [], "6m": [expected(
-                   f"Replica {A} has 256 images waiting (over 80% of serve.max_queued_images = 256)",
+                   f"Replica {A} has 256 images waiting (over 80% of "
+                   "serve.max_queued_images = 256)",
                    instance=A)]}),
     alert_test("ImgclsRequestsRefused",
                {f"imgcls_overloaded_requests_total{labels(A)}": "0+10x20",
                 f"imgcls_overloaded_requests_total{labels(B)}": "5x20"},  # old 429s only
-               {"3m": [], "10m": [expected("0.17 requests/s refused with 429: the replicas are full")]}),
+               {"3m": [], "10m": [expected("0.17 requests/s refused with 429: the replicas are "
+                                           "full")]}),
     alert_test("ImgclsRequestsRefused",
                {f"imgcls_overloaded_requests_total{labels(B)}": "5x20"}, {"10m": []}),
     alert_test("ImgclsVersionChanged",
                {f"imgcls_model_version{labels(A, model='digits_cnn')}": "1 1 1 2x20",
                 f"imgcls_model_version{labels(B, model='digits_cnn')}": "2x23"},
                {"2m": [], "4m": [expected(
-                   f"Replica {A} changed the version of digits_cnn it serves (1 time(s) in 10 minutes)",
+                   f"Replica {A} changed the version of digits_cnn it serves (1 time(s) in 10 "
+                   "minutes)",
                    instance=A, model="digits_cnn")],
                 "20m": []}),
 ]
@@ -124,7 +129,8 @@ def test_every_alert_fires_on_trouble_and_stays_silent_otherwise(tmp_path):
     tests = [*ALERT_TESTS, alert_test("ImgclsPredictionDrift", drift, {
         "5m": [], "9m": [],
         "13m": [expected(
-            f"Predictions of digits_cnn version 1 on {A} drifted from its validation reference (PSI 0.50, over 0.25)",
+            f"Predictions of digits_cnn version 1 on {A} drifted from its validation reference "
+            "(PSI 0.50, over 0.25)",
             instance=A, model="digits_cnn", version="1")]})]
     done = rule_tests(tmp_path, RULES, tests)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -137,7 +143,8 @@ def test_every_alert_fires_on_trouble_and_stays_silent_otherwise(tmp_path):
 def test_the_tests_can_fail(tmp_path):
     """An alert expected where the rules raise none fails promtool's run."""
     wrong = alert_test("ImgclsReplicaDown", {f"up{labels(A)}": "1x12"},
-                       {"4m": [expected(f"Replica {A} does not answer Prometheus' scrape", instance=A)]})
+                       {"4m": [expected(f"Replica {A} does not answer Prometheus' scrape",
+                                        instance=A)]})
     assert rule_tests(tmp_path, RULES, [wrong]).returncode != 0
 
 
