@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import replace
 
 import pytest
 import yaml
@@ -103,8 +102,7 @@ def test_nginx_terminates_tls_in_front_of_the_replicas(keyed_replicas, served_mo
     settings = with_tls(tmp_path, plain_http=plain_http)
     port, plain_port = free_loopback_port(), free_loopback_port()
     front = TlsFront(str(certificate), str(key), f"127.0.0.1:{plain_port}", plain_http, port)
-    conf = nginx_conf(replace(settings, folder=tmp_path), keyed_replicas, f"127.0.0.1:{port}",
-                      front)
+    conf = nginx_conf(settings, keyed_replicas, f"127.0.0.1:{port}", front)
     (tmp_path / "nginx").mkdir()
     https = f"https://127.0.0.1:{port}"
     digit = sorted((served_model[0].path("raw_dir") / "digits").glob("*/*.png"))[0]

@@ -234,19 +234,20 @@ def plot_reliability_diagram(before, after=None) -> Figure:
 
 def plot_drift_reference(reference: dict, class_names: list[str]) -> Figure:
     """The distributions an export records for the server's drift score (``reference`` in its
-    imgcls.json): the share of each predicted class, and the density of the top-1 confidence
-    and of the mean brightness over the validation split's decile bins."""
+    imgcls.json): the share of each predicted class, and the deciles of the top-1 confidence and
+    of the mean brightness (the edges of the bins live traffic is counted in)."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     axes[0].bar(class_names, reference["class"], color="#4C72B0")
     axes[0].set(title="Predicted classes", ylabel="share of the validation split")
     axes[0].tick_params(axis="x", labelrotation=90 if len(class_names) > 12 else 0)
-    for ax, name, bounds, label in ((axes[1], "confidence", (0, 1), "top-1 probability"),
+    for ax, name, bounds, label in ((axes[1], "confidence", (0, 1.02), "top-1 probability"),
                                     (axes[2], "brightness", (0, 255), "mean pixel value")):
-        edges = np.array([bounds[0], *reference[name]["edges"], bounds[1]])
-        density = np.array(reference[name]["shares"]) / np.maximum(np.diff(edges), 1e-9)
-        ax.stairs(density, edges, fill=True, color="#55A868")
+        edges = reference[name]["edges"]
+        ax.plot(np.arange(1, len(edges) + 1) * 100 / (len(edges) + 1), edges, marker="o",
+                color="#55A868")
         ax.set(title=f"Top-1 {name}" if name == "confidence" else "Input brightness",
-               xlabel=f"{label} (bins: deciles)", ylabel="density", xlim=bounds)
+               xlabel="share of the validation images below (%)", ylabel=label, ylim=bounds,
+               xlim=(0, 100))
     fig.suptitle(f"Drift reference: what the model predicted on {reference['images']} "
                  "validation images")
     fig.tight_layout()
