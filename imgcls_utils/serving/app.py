@@ -72,6 +72,7 @@ def create_app(target: Path | ServeTarget, settings: ServeSettings) -> FastAPI:
                   redoc_url=None, openapi_url=None)
     app.state.settings, app.state.target = settings, target
     app.state.manager, app.state.batcher, app.state.metrics = manager, batcher, metrics
+    app.state.api_key = api_key  # the gRPC API checks it too
     app.state.page = upload_page(manager.name, settings, api_key=api_key is not None)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
