@@ -304,5 +304,6 @@ def test_nginx_passes_grpc_calls_to_the_replicas(served_model, digits, tmp_path)
                                           predict(direct, predict_request(digits))["probabilities"])
             code, message = error_of(lambda: predict(channel, predict_request(digits, "cats")))
             assert code == Code.NOT_FOUND and "Latest(cats)" in message
-    log = [json.loads(line) for line in (tmp_path / "nginx" / "access.log").read_text().splitlines()]
+    access = (tmp_path / "nginx" / "access.log").read_text()
+    log = [json.loads(line) for line in access.splitlines()]
     assert [line["uri"] for line in log] == ["/tensorflow.serving.PredictionService/Predict"] * 2
