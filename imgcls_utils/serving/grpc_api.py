@@ -15,6 +15,7 @@ limit), UNAUTHENTICATED.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import json
@@ -92,6 +93,9 @@ def rpc(endpoint: str):
             except ApiError as error:
                 code = GRPC_CODES.get(error.status, grpc.StatusCode.INTERNAL)
                 await context.abort(code, error.message)
+            except asyncio.CancelledError:  # the client went away or the deadline passed
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as error:
                 LOGGER.exception("unexpected error answering gRPC %s", endpoint)
                 code = grpc.StatusCode.INTERNAL
