@@ -188,7 +188,7 @@ def cmd_serve(args) -> int:
     import os
 
     overrides = dict(parse_set_option(option) for option in args.set or [])
-    flags = {"serve.host": args.host, "serve.port": args.port,
+    flags = {"serve.host": args.host, "serve.port": args.port, "serve.grpc_port": args.grpc_port,
              "serve.max_batch_size": 1 if args.no_batching else None}
     overrides.update({key: value for key, value in flags.items() if value is not None})
     cfg = load_config(args.config, overrides=overrides)
@@ -347,8 +347,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("model_folder", type=Path)
     export.add_argument("--no-tflite", action="store_true", help="only the SavedModel: no "
                         "TensorFlow Lite variants and no report (which need the model's data)")
-    serve = command("serve", cmd_serve, "serve an export over TensorFlow Serving's REST API "
-                    "(plus POST /predict uploads, /healthz, /metrics), batching requests and "
+    serve = command("serve", cmd_serve, "serve an export over TensorFlow Serving's REST and gRPC "
+                    "APIs (plus POST /predict uploads, /healthz, /metrics), batching requests and "
                     "loading new versions as they are exported")
     serve.add_argument("target", type=Path, help="an export (paths.exports_dir/<name>: its "
                        "newest version, watched for newer ones; or one version folder) or a "
@@ -356,6 +356,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: serve.port, 8501; 0: any free "
                        "one)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default: serve.grpc_port, 8500)")
     serve.add_argument("--no-batching", action="store_true", help="run each request on its own "
                        "(serve.max_batch_size=1)")
     deploy = command("deploy", cmd_deploy, "validate the deployment settings and write next "

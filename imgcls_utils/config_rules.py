@@ -194,6 +194,7 @@ RULES: dict[str, Rule] = {
     "hardware.deterministic": auto_or_boolean(),
     "serve.host": text(),
     "serve.port": integer(0, maximum=65535),
+    "serve.grpc_port": integer(0, maximum=65535),
     "serve.max_batch_size": integer(1),
     "serve.batch_timeout_ms": integer(0, maximum=1000),
     "serve.max_queued_images": integer(1),

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class LiveServer:
     url: str
     process: subprocess.Popen
     log: Path
+    grpc: str  # host:port of its gRPC API
 
 
 @contextmanager
@@ -33,7 +35,8 @@ def live_server(export: Path, config: Path, log: Path, *set_options: str,
     """``imgcls serve export --config config --set ...`` until the block ends, once /healthz
     answers 200; its stderr (one JSON line per request) goes to ``log``. ``imgcls``: the
     command that runs imgcls (default: this project's, in this Python)."""
-    command = [*imgcls, "serve", str(export), "--port", "0", "--config", str(config)]
+    command = [*imgcls, "serve", str(export), "--port", "0", "--grpc-port", "0", "--config",
+               str(config)]
     for option in set_options:
         command += ["--set", option]
     with open(log, "w") as stderr:
@@ -42,12 +45,13 @@ def live_server(export: Path, config: Path, log: Path, *set_options: str,
     try:
         line = process.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+", line)
-        assert url, line + log.read_text()[-2000:]
+        grpc = re.search(r"gRPC at (\S+)", line)
+        assert url and grpc, line + log.read_text()[-2000:]
         deadline = time.monotonic() + 60
         while httpx.get(f"{url[0]}/healthz").status_code != 200:
             assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-2000:]
             time.sleep(0.1)
-        yield LiveServer(url[0], process, log)
+        yield LiveServer(url[0], process, log, grpc[1])
     finally:
         process.terminate()
         try:
@@ -67,3 +71,29 @@ def two_replicas(served_model, folder: Path, env: dict | None = None) -> Iterato
     with live_server(export, config, folder / "a.log", env=env) as first, \
             live_server(export, config, folder / "b.log", env=env) as second:
         yield [server.url.removeprefix("http://") for server in (first, second)]
+
+
+def swap_under_load(url: str, folder: Path, name: str, ask, clients: int = 4) -> list[tuple]:
+    """Version 2 (a copy of version 1) written into the served ``folder`` while ``clients``
+    threads run ``ask(stop, offset)`` (asking until the ``stop`` event is set), until the
+    server reports it AVAILABLE and version 1 END: the ``(version, state)`` pairs seen last."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=ask, args=(stop, offset)) for offset in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.3)
+        staging = folder / ".2.staging"
+        shutil.copytree(folder / "1", staging)
+        staging.rename(folder / "2")
+        deadline, states = time.monotonic() + 60, []
+        while time.monotonic() < deadline and states != [("2", "AVAILABLE"), ("1", "END")]:
+            time.sleep(0.05)
+            states = [(s["version"], s["state"]) for s in httpx.get(
+                f"{url}/v1/models/{name}").json()["model_version_status"]]
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return states

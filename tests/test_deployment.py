@@ -212,7 +212,7 @@ def test_the_image_and_every_replica_run_arguments_imgcls_serve_accepts():
     assert entrypoint == ["imgcls", "serve"]
     healthcheck = json.loads(instruction("HEALTHCHECK")[0].split(" CMD ", 1)[1])
     assert healthcheck == ["python", "-c", HEALTHCHECK_SCRIPT.format(port=8501)]
-    assert instruction("EXPOSE") == ["8501"] and instruction("USER") == ["10001"]  # numeric:
+    assert instruction("EXPOSE") == ["8501 8500"] and instruction("USER") == ["10001"]  # numeric:
     # Kubernetes' runAsNonRoot can check it
     services = yaml.safe_load(compose_file(load_deployment(SETTINGS_PATH)))["services"]
     replicas = [service["command"] for name, service in services.items()

@@ -28,7 +28,7 @@ from imgcls_utils.quiet_tensorflow import tf
 from imgcls_utils.serving.app import create_app
 from imgcls_utils.serving.export import ASSETS_EXTRA, EXPORT_INFO
 from imgcls_utils.serving.settings import ServeSettings, resolve_target
-from tests.live_server import live_server
+from tests.live_server import live_server, swap_under_load
 from tests.sample_files import write_png_claiming_size
 from tests.test_cli import imgcls
 
@@ -482,34 +482,15 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(live, digits):
 
 def test_a_new_version_is_swapped_in_while_requests_keep_succeeding(live, digits):
     url, folder, log = live
-    statuses, stop = [], threading.Event()
+    statuses = []
 
-    def keep_asking() -> None:
+    def keep_asking(stop: threading.Event, offset: int) -> None:
         with httpx.Client(base_url=url, timeout=30) as client:
             while not stop.is_set():
                 statuses.append(client.post(PREDICT, json={"instances": [b64(digits[8])]})
                                 .status_code)
 
-    threads = [threading.Thread(target=keep_asking) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(0.3)
-        staging = folder / ".2.staging"
-        shutil.copytree(folder / "1", staging)
-        staging.rename(folder / "2")
-        deadline, states = time.monotonic() + 60, []
-        while time.monotonic() < deadline:
-            states = [(s["version"], s["state"]) for s in httpx.get(
-                f"{url}/v1/models/{NAME}").json()["model_version_status"]]
-            if states == [("2", "AVAILABLE"), ("1", "END")]:
-                break
-            time.sleep(0.05)
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+    states = swap_under_load(url, folder, NAME, keep_asking)
     assert states == [("2", "AVAILABLE"), ("1", "END")]
     assert len(statuses) > 20 and set(statuses) == {200}
     assert httpx.get(f"{url}/healthz").json()["version"] == 2

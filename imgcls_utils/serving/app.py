@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, Response
 
 from ..errors import UserError
 from .batching import Batcher, Ticket
+from .coalescing import coalescer_of
 from .graph_inputs import decode_as_training
 from .middleware import LimitBody, Observe, RequireApiKey
 from .monitoring import Metrics
@@ -72,6 +73,7 @@ def create_app(target: Path | ServeTarget, settings: ServeSettings) -> FastAPI:
                   redoc_url=None, openapi_url=None)
     app.state.settings, app.state.target = settings, target
     app.state.manager, app.state.batcher, app.state.metrics = manager, batcher, metrics
+    app.state.api_key = api_key  # the gRPC API checks it too
     app.state.page = upload_page(manager.name, settings, api_key=api_key is not None)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -136,7 +138,7 @@ def decode_images(version: ServedVersion, images: list[bytes], where) -> np.ndar
     """The images' pixels (``graph_inputs.decode_as_training``: the export's decoding, or
     training's where the graph's differs); the first that cannot be decoded is a 400 naming
     it and why (refused from its header, or damaged)."""
-    decoded = decode_as_training(images, version.decode, version.exported.info)
+    decoded = decode_as_training(images, coalescer_of(version), version.exported.info)
     for index, pixels in enumerate(decoded):
         if isinstance(pixels, str):
             raise InvalidArgument(f"{where(index)}: {pixels}")

@@ -32,6 +32,7 @@ from .tls import (CONTAINER_HTTPS_PORT, TLS_RULES, TlsFront, container_front, co
 DEPLOYMENT_RELATIVE_PATH = Path("Deployment") / "deployment.yaml"
 DOCKERFILE = "Model_Serving/Dockerfile"  # relative to the repository root, the build context
 CONTAINER_NGINX_PORT = 80
+CONTAINER_NGINX_GRPC_PORT = 8500
 MODELS_MOUNT = "/models"
 # The replicas' batching and limits: the main config's keys, with the main config's rules.
 SERVE_KEYS = ("max_batch_size", "batch_timeout_ms", "max_queued_images", "max_request_mb",
@@ -42,11 +43,13 @@ DEPLOYMENT_RULES: dict[str, Rule] = {
     "model.exports_dir": text(),
     "replicas.count": integer(1, maximum=64),
     "replicas.port": integer(1, maximum=65535),
+    "replicas.grpc_port": integer(1, maximum=65535),
     "replicas.image": text(),
     **{f"serve.{key}": RULES[f"serve.{key}"] for key in SERVE_KEYS},
     "nginx.image": text(),
     "nginx.host": text(),
     "nginx.port": integer(1, maximum=65535),
+    "nginx.grpc_port": integer(1, maximum=65535),
     "nginx.max_fails": integer(0),
     "nginx.fail_timeout_s": integer(1),
     "nginx.connect_timeout_s": integer(1),
@@ -86,11 +89,13 @@ class DeploymentSettings:
     exports_dir: str
     replicas: int
     replica_port: int
+    replica_grpc_port: int
     image: str
     serve: tuple[tuple[str, Any], ...]
     nginx_image: str
     nginx_host: str
     nginx_port: int
+    nginx_grpc_port: int
     max_fails: int
     fail_timeout_s: int
     connect_timeout_s: int
@@ -133,7 +138,8 @@ def load_deployment(path: str | Path) -> DeploymentSettings:
     return DeploymentSettings(
         folder=path.resolve().parent, model=values["model.name"],
         exports_dir=values["model.exports_dir"], replicas=values["replicas.count"],
-        replica_port=values["replicas.port"], image=values["replicas.image"],
+        replica_port=values["replicas.port"], replica_grpc_port=values["replicas.grpc_port"],
+        image=values["replicas.image"], nginx_grpc_port=values["nginx.grpc_port"],
         serve=tuple((key, values[f"serve.{key}"]) for key in SERVE_KEYS),
         nginx_image=values["nginx.image"], nginx_host=values["nginx.host"],
         nginx_port=values["nginx.port"], max_fails=values["nginx.max_fails"],
@@ -191,25 +197,55 @@ http {{
             add_header X-Upstream $upstream_addr always;  # the replica(s) tried, in order
 {hsts}        }}
     }}
-{plain_http_server}}}
+{plain_http_server}{grpc}}}
+"""
+
+# TensorFlow Serving's gRPC API of the replicas, over HTTP/2 without TLS as they speak it.
+NGINX_GRPC_TEMPLATE = """
+    upstream imgcls_grpc_replicas {{
+        zone imgcls_grpc_replicas 64k;
+{servers}
+        keepalive {keepalive};
+    }}
+
+    server {{
+        listen {listen} http2;
+        client_max_body_size {max_request_bytes};
+
+        location / {{
+            grpc_pass grpc://imgcls_grpc_replicas;
+            grpc_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
+            grpc_next_upstream_tries {retry_tries};
+            grpc_connect_timeout {connect_timeout_s}s;
+            grpc_send_timeout {read_timeout_s}s;
+            grpc_read_timeout {read_timeout_s}s;
+        }}
+    }}
 """
 
 
 def nginx_conf(settings: DeploymentSettings, upstreams: list[str], listen: str,
-               tls: TlsFront | None = None) -> str:
+               tls: TlsFront | None = None, grpc_upstreams: list[str] = (),
+               grpc_listen: str = "") -> str:
     """A complete nginx.conf balancing ``upstreams`` (``host:port``) and listening on
-    ``listen`` (``80``, ``127.0.0.1:8080``), with HTTPS there when given a ``tls`` front. No
-    daemon, pid or user directives: the official image's entrypoint and a test's ``-g`` options
-    set those."""
-    servers = "\n".join(f"        server {address} max_fails={settings.max_fails} "
-                        f"fail_timeout={settings.fail_timeout_s}s;" for address in upstreams)
+    ``listen`` (``80``, ``127.0.0.1:8080``), with HTTPS there when given a ``tls`` front, and
+    with ``grpc_upstreams`` the replicas' gRPC ports on ``grpc_listen``. No daemon, pid or user
+    directives: the official image's entrypoint and a test's ``-g`` options set those."""
+    common = dict(keepalive=settings.keepalive, max_request_bytes=settings.max_request_bytes,
+                  retry_tries=settings.retry_tries, connect_timeout_s=settings.connect_timeout_s,
+                  read_timeout_s=settings.read_timeout_s)
+    grpc = NGINX_GRPC_TEMPLATE.format(servers=_servers(settings, grpc_upstreams),
+                                      listen=grpc_listen, **common) if grpc_upstreams else ""
     return NGINX_TEMPLATE.format(
-        header=GENERATED_HEADER, servers=servers, listen=f"{listen} ssl" if tls else listen,
-        tls=server_tls_lines(tls) if tls else "", hsts=hsts_line(tls),
-        plain_http_server=plain_http_server(tls), keepalive=settings.keepalive,
-        max_request_mb=dict(settings.serve)["max_request_mb"],
-        max_request_bytes=settings.max_request_bytes, retry_tries=settings.retry_tries,
-        connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s)
+        header=GENERATED_HEADER, servers=_servers(settings, upstreams),
+        listen=f"{listen} ssl" if tls else listen, tls=server_tls_lines(tls) if tls else "",
+        hsts=hsts_line(tls), plain_http_server=plain_http_server(tls), grpc=grpc,
+        max_request_mb=dict(settings.serve)["max_request_mb"], **common)
+
+
+def _servers(settings: DeploymentSettings, upstreams: list[str]) -> str:
+    return "\n".join(f"        server {address} max_fails={settings.max_fails} "
+                     f"fail_timeout={settings.fail_timeout_s}s;" for address in upstreams)
 
 
 # ----------------------------------------------------------------------------- compose
@@ -221,7 +257,7 @@ def replica_names(settings: DeploymentSettings) -> list[str]:
 def replica_arguments(settings: DeploymentSettings) -> list[str]:
     """What each replica container passes to its image's ``imgcls serve`` entrypoint."""
     arguments = [f"{MODELS_MOUNT}/{settings.model}", "--host", "0.0.0.0", "--port",
-                 str(settings.replica_port)]
+                 str(settings.replica_port), "--grpc-port", str(settings.replica_grpc_port)]
     for option in settings.serve_options():
         arguments += ["--set", option]
     return arguments
@@ -265,32 +301,37 @@ def compose_file(settings: DeploymentSettings) -> str:
 
 
 def _nginx_ports(settings: DeploymentSettings) -> list[str]:
-    """nginx's published ports: nginx.port (HTTPS on 443 with TLS), and plain HTTP's."""
+    """nginx's published ports: nginx.port (HTTPS on 443 with TLS), plain HTTP's, gRPC's."""
     host = settings.nginx_host
+    grpc = f"{host}:{settings.nginx_grpc_port}:{CONTAINER_NGINX_GRPC_PORT}"
     if settings.tls["tls_certificate"] == "none":
-        return [f"{host}:{settings.nginx_port}:{CONTAINER_NGINX_PORT}"]
+        return [f"{host}:{settings.nginx_port}:{CONTAINER_NGINX_PORT}", grpc]
     return [f"{host}:{settings.nginx_port}:{CONTAINER_HTTPS_PORT}",
-            f"{host}:{settings.tls['plain_http_port']}:{CONTAINER_NGINX_PORT}"]
+            f"{host}:{settings.tls['plain_http_port']}:{CONTAINER_NGINX_PORT}", grpc]
 
 
 def write_deployment(settings: DeploymentSettings) -> list[Path]:
     """compose.yaml, nginx.conf and monitoring/ (Prometheus' configuration and rules, the
     Grafana dashboard), rendered into the settings file's folder: their paths."""
-    upstreams = [f"{name}:{settings.replica_port}" for name in replica_names(settings)]
+    names = replica_names(settings)
+    upstreams = [f"{name}:{settings.replica_port}" for name in names]
     monitoring = settings.monitoring
     return write_files(settings, {
         "compose.yaml": compose_file(settings),
-        "nginx.conf": _container_nginx_conf(settings, upstreams),
+        "nginx.conf": _container_nginx_conf(settings, upstreams, [
+            f"{name}:{settings.replica_grpc_port}" for name in names]),
         f"{MONITORING_DIR}/{PROMETHEUS_FILE}": prometheus_yml(upstreams,
                                                              monitoring["scrape_interval_s"]),
         f"{MONITORING_DIR}/{RULES_FILE}": rules_yml(monitoring, settings.max_queued_images),
         f"{MONITORING_DIR}/dashboard.json": dashboard_json(monitoring["drift_psi"])})
 
 
-def _container_nginx_conf(settings: DeploymentSettings, upstreams: list[str]) -> str:
+def _container_nginx_conf(settings: DeploymentSettings, upstreams: list[str],
+                          grpc_upstreams: list[str]) -> str:
     tls = container_front(settings.tls, settings.nginx_port)
     return nginx_conf(settings, upstreams, str(CONTAINER_HTTPS_PORT if tls else
-                                               CONTAINER_NGINX_PORT), tls)
+                                               CONTAINER_NGINX_PORT), tls, grpc_upstreams,
+                      str(CONTAINER_NGINX_GRPC_PORT))
 
 
 def write_files(settings: DeploymentSettings, files: dict[str, str]) -> list[Path]:

@@ -61,7 +61,9 @@ def manifests(settings: DeploymentSettings) -> list[dict]:
                       "spec": _pod(settings, name)}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": metadata,
          "spec": {"selector": labels, "ports": [{"name": "http", "port": settings.replica_port,
-                                                 "targetPort": "http"}]}},
+                                                 "targetPort": "http"},
+                                                {"name": "grpc", "port": settings.replica_grpc_port,
+                                                 "targetPort": "grpc"}]}},
         {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": metadata,
          "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
                                      "name": name},
@@ -103,7 +105,8 @@ def _pod(settings: DeploymentSettings, name: str) -> dict:
                  "--set", f"serve.api_key_variable={settings.api_key_variable}"]
     container = {
         "name": "imgcls-serve", "image": settings.image, "args": arguments,
-        "ports": [{"name": "http", "containerPort": settings.replica_port}],
+        "ports": [{"name": "http", "containerPort": settings.replica_port},
+                  {"name": "grpc", "containerPort": settings.replica_grpc_port}],
         "envFrom": [{"configMapRef": {"name": f"{name}-serve"}}],
         "env": [{"name": settings.api_key_variable, "valueFrom": {"secretKeyRef": {
             "name": f"{name}-api-key", "key": "key", "optional": True}}}],

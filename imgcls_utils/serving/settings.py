@@ -23,6 +23,7 @@ class ServeSettings:
 
     host: str
     port: int
+    grpc_port: int
     max_batch_size: int
     batch_timeout_ms: float
     max_queued_images: int
