@@ -58,7 +58,7 @@ def test_compose_publishes_https_and_mounts_the_certificate(tmp_path):
     compose = compose_file(settings)
     assert "# POST https://localhost:8080/v1/models/digits_cnn:predict" in compose
     nginx = yaml.safe_load(compose)["services"]["nginx"]
-    assert nginx["ports"] == ["0.0.0.0:8080:443", "0.0.0.0:8079:80"]
+    assert nginx["ports"] == ["0.0.0.0:8080:443", "0.0.0.0:8079:80", "0.0.0.0:8500:8500"]
     assert nginx["volumes"][1:] == ["certificate.pem:/etc/nginx/tls/certificate.pem:ro",
                                     "key.pem:/etc/nginx/tls/key.pem:ro"]
     write_deployment(settings)
