@@ -3,9 +3,9 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 READY  := $(VENV)/.ready
 
-# What the browser test of the web page, the nginx failover test and the container tests run
-# (Debian packages).
-SYSTEM_PACKAGES := chromium chromium-driver nginx podman runc debootstrap
+# What the browser test of the web page, the nginx failover and TLS tests, the container tests and
+# the Prometheus tests run (Debian packages).
+SYSTEM_PACKAGES := chromium chromium-driver nginx podman runc debootstrap prometheus openssl
 
 .PHONY: demo test lab notebooks lock system-packages clean-generated
 
@@ -49,15 +49,15 @@ lock:  ## refresh requirements.lock and environment.yml from pyproject.toml
 	$(PYTHON) tools/environment_yml.py
 
 system-packages:  ## apt-get install $(SYSTEM_PACKAGES) when missing and root; else their tests skip
-	@missing=; for tool in chromium chromedriver nginx podman runc debootstrap; do \
+	@missing=; for tool in chromium chromedriver nginx podman runc debootstrap prometheus promtool openssl; do \
 	  PATH="$$PATH:/usr/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "note: $(SYSTEM_PACKAGES) not all installed and not root with apt-get: the browser, nginx and container tests will be skipped"; \
+	  echo "note: $(SYSTEM_PACKAGES) not all installed and not root with apt-get: the browser, nginx, container and Prometheus tests will be skipped"; \
 	  exit 0; fi; \
-	echo "apt-get install $(SYSTEM_PACKAGES) (for the browser, nginx and container tests)"; \
+	echo "apt-get install $(SYSTEM_PACKAGES) (for the browser, nginx, container and Prometheus tests)"; \
 	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) || \
-	  echo "note: apt-get install failed: the browser, nginx and container tests will be skipped"
+	  echo "note: apt-get install failed: the browser, nginx, container and Prometheus tests will be skipped"
 
 clean-generated: ## delete everything derived: processed data, scan caches, built-in sources, runs
 	find data/Processed_Data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -201,6 +201,7 @@ RULES: dict[str, Rule] = {
     "serve.poll_seconds": positive_number(),
     "serve.top_k": integer(1),
     "serve.api_key_variable": identifier(),
+    "serve.drift_window": integer(10, maximum=1_000_000),
 }
 
 # Keys of earlier versions, and where they live now: an old name fails with the new one.

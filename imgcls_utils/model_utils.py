@@ -9,8 +9,8 @@ each name lives in its stage's module (see those subpackages).
 from .evaluation.calibration import reliability_bins
 from .evaluation.interpret import explain_examples
 from .evaluation.metrics import correct_examples, most_confused, per_class_report, top_losses
-from .evaluation.plots import (plot_confusion_matrix, plot_explanations, plot_reliability_diagram,
-                               plot_top_losses, plot_training_curves)
+from .evaluation.plots import (plot_confusion_matrix, plot_drift_reference, plot_explanations,
+                               plot_reliability_diagram, plot_top_losses, plot_training_curves)
 from .serving.export import export_model
 from .serving.prediction import predict_files
 from .training.baselines import comparison_table
@@ -27,7 +27,8 @@ __all__ = [
     "build_model", "choose_hardware", "comparison_table", "compile_model", "correct_examples",
     "count_parameters", "explain_examples", "export_model", "find_unfinished_run",
     "left_out_classes", "load_model_folder", "most_confused", "new_run_folder",
-    "per_class_report", "plot_confusion_matrix", "plot_explanations", "plot_reliability_diagram",
+    "per_class_report", "plot_confusion_matrix", "plot_drift_reference", "plot_explanations",
+    "plot_reliability_diagram",
     "plot_top_losses", "plot_training_curves", "predict_files", "reliability_bins", "run_config",
     "saved_files", "set_seed", "top_losses", "train", "train_model", "unused_model_folder_name",
 ]

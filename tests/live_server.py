@@ -4,6 +4,7 @@ server over HTTP (the server's own tests, the web page in a browser, replicas be
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import Iterator
 
 import httpx
 
+from imgcls_utils.config import CONFIG_RELATIVE_PATH
 from tests.conftest import REPO_ROOT
 
 
@@ -52,3 +54,16 @@ def live_server(export: Path, config: Path, log: Path, *set_options: str,
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def two_replicas(served_model, folder: Path, env: dict | None = None) -> Iterator[list[str]]:
+    """Two ``imgcls serve`` replicas of the shared export (copied into ``folder``) on loopback,
+    as nginx or Prometheus reach them: ``["127.0.0.1:port", ...]``."""
+    cfg, _, version = served_model
+    export = folder / "exports" / version.parent.name
+    shutil.copytree(version, export / "1")
+    config = cfg.root / CONFIG_RELATIVE_PATH
+    with live_server(export, config, folder / "a.log", env=env) as first, \
+            live_server(export, config, folder / "b.log", env=env) as second:
+        yield [server.url.removeprefix("http://") for server in (first, second)]

@@ -85,11 +85,12 @@ def test_every_problem_is_reported_in_one_pass(tmp_path):
 
 # ----------------------------------------------------------------------------- rendered files
 
-def test_committed_compose_and_nginx_files_are_what_imgcls_deploy_renders(tmp_path):
+def test_committed_compose_nginx_and_monitoring_files_are_what_imgcls_deploy_renders(tmp_path):
     committed = load_deployment(SETTINGS_PATH)
     for path in write_deployment(replace(committed, folder=tmp_path)):
-        assert (SETTINGS_PATH.parent / path.name).read_text() == path.read_text(), \
-            f"Deployment/{path.name} is stale: run imgcls deploy"
+        name = path.relative_to(tmp_path)
+        assert (SETTINGS_PATH.parent / name).read_text() == path.read_text(), \
+            f"Deployment/{name} is stale: run imgcls deploy"
 
 
 def test_imgcls_deploy_writes_both_files_and_a_bad_file_is_a_user_error(tmp_path, capsys):
@@ -98,10 +99,13 @@ def test_imgcls_deploy_writes_both_files_and_a_bad_file_is_a_user_error(tmp_path
     assert main(["deploy", "--settings", str(settings)]) == 0
     printed = capsys.readouterr()
     assert printed.out.split() == ["wrote", str(tmp_path / "compose.yaml"),
-                                   "wrote", str(tmp_path / "nginx.conf")]
+                                   "wrote", str(tmp_path / "nginx.conf"),
+                                   "wrote", str(tmp_path / "monitoring" / "prometheus.yml"),
+                                   "wrote", str(tmp_path / "monitoring" / "rules.yml"),
+                                   "wrote", str(tmp_path / "monitoring" / "dashboard.json")]
     assert "does not exist yet" in printed.err  # no exports folder next to the tmp copy
     services = yaml.safe_load((tmp_path / "compose.yaml").read_text())["services"]
-    assert list(services) == ["replica-1", "replica-2", "replica-3", "nginx"]
+    assert list(services) == ["replica-1", "replica-2", "replica-3", "nginx", "prometheus"]
     assert "server replica-3:8501 " in (tmp_path / "nginx.conf").read_text()
     settings.write_text("nginx: [unclosed")
     assert main(["deploy", "--settings", str(settings)]) == 2
@@ -211,12 +215,14 @@ def test_the_image_and_every_replica_run_arguments_imgcls_serve_accepts():
     assert instruction("EXPOSE") == ["8501"] and instruction("USER") == ["10001"]  # numeric:
     # Kubernetes' runAsNonRoot can check it
     services = yaml.safe_load(compose_file(load_deployment(SETTINGS_PATH)))["services"]
-    replicas = [service["command"] for name, service in services.items() if name != "nginx"]
+    replicas = [service["command"] for name, service in services.items()
+                if name.startswith("replica-")]
     for arguments in [command, *replicas]:
         args = _parser().parse_args([*entrypoint[1:], *arguments])
         assert (args.handler.__name__, args.host) == ("cmd_serve", "0.0.0.0")
         load_config(REPO_ROOT / CONFIG_RELATIVE_PATH, set_options=args.set)  # valid overrides
-    keyed = [service["environment"] for name, service in services.items() if name != "nginx"]
+    keyed = [service["environment"] for name, service in services.items()
+             if name.startswith("replica-")]
     assert keyed == [["IMGCLS_API_KEY"]] * len(replicas)  # passed through, never written here
 
 

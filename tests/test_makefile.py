@@ -64,4 +64,4 @@ def test_make_test_goes_on_when_it_cannot_install_the_browser_nginx_and_podman(t
                           cwd=tmp_path, capture_output=True, text=True,
                           env={"PATH": str(bin_dir)}, executable=shutil.which("make"))
     assert done.returncode == 0, done.stderr
-    assert "the browser, nginx and container tests will be skipped" in done.stdout
+    assert "the browser, nginx, container and Prometheus tests will be skipped" in done.stdout

@@ -102,3 +102,19 @@ def test_reliability_diagram_shows_bins_before_and_after_with_their_ece():
                       f"before (ECE {calibration.ece_of_bins(before):.3f})",
                       f"after temperature scaling (ECE {calibration.ece_of_bins(after):.3f})"]
     plt.close("all")
+
+
+def test_drift_reference_shows_class_shares_and_the_deciles():
+    from imgcls_utils.serving.drift import drift_reference
+
+    rng = np.random.default_rng(0)
+    reference = drift_reference(rng.dirichlet(np.ones(3), 200), rng.uniform(0, 255, (200, 4, 4, 1)))
+    fig = model_utils.plot_drift_reference(reference, ["cat", "dog", "fox"])
+    classes, confidence, brightness = fig.axes
+    assert [bar.get_height() for bar in classes.patches] == reference["class"]
+    for ax, name in ((confidence, "confidence"), (brightness, "brightness")):
+        deciles, edges = ax.lines[0].get_data()
+        assert list(edges) == reference[name]["edges"]
+        np.testing.assert_allclose(deciles, np.arange(10, 100, 10))
+    assert "200 validation images" in fig._suptitle.get_text()
+    plt.close(fig)

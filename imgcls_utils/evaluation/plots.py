@@ -232,6 +232,28 @@ def plot_reliability_diagram(before, after=None) -> Figure:
     return fig
 
 
+def plot_drift_reference(reference: dict, class_names: list[str]) -> Figure:
+    """The distributions an export records for the server's drift score (``reference`` in its
+    imgcls.json): the share of each predicted class, and the deciles of the top-1 confidence and
+    of the mean brightness (the edges of the bins live traffic is counted in)."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].bar(class_names, reference["class"], color="#4C72B0")
+    axes[0].set(title="Predicted classes", ylabel="share of the validation split")
+    axes[0].tick_params(axis="x", labelrotation=90 if len(class_names) > 12 else 0)
+    for ax, name, bounds, label in ((axes[1], "confidence", (0, 1.02), "top-1 probability"),
+                                    (axes[2], "brightness", (0, 255), "mean pixel value")):
+        edges = reference[name]["edges"]
+        ax.plot(np.arange(1, len(edges) + 1) * 100 / (len(edges) + 1), edges, marker="o",
+                color="#55A868")
+        ax.set(title=f"Top-1 {name}" if name == "confidence" else "Input brightness",
+               xlabel="share of the validation images below (%)", ylabel=label, ylim=bounds,
+               xlim=(0, 100))
+    fig.suptitle(f"Drift reference: what the model predicted on {reference['images']} "
+                 "validation images")
+    fig.tight_layout()
+    return fig
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray,
             opacity: float = OVERLAY_OPACITY) -> np.ndarray:
     """``image`` (uint8, grey or RGB) as RGB uint8 with ``heatmap`` (in [0, 1], the same height

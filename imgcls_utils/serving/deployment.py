@@ -23,6 +23,11 @@ import yaml
 
 from ..config import ConfigError, read_flat, request_bytes, validate
 from ..config_rules import RULES, Rule, either, identifier, integer, positive_number, text
+from .dashboard import dashboard_json
+from .prometheus_config import (MONITORING_DIR, MONITORING_RULES, PROMETHEUS_FILE, RULES_FILE,
+                                prometheus_service, prometheus_yml, rules_yml)
+from .tls import (CONTAINER_HTTPS_PORT, TLS_RULES, TlsFront, container_front, container_mounts,
+                  hsts_line, plain_http_server, server_tls_lines, tls_problems)
 
 DEPLOYMENT_RELATIVE_PATH = Path("Deployment") / "deployment.yaml"
 DOCKERFILE = "Model_Serving/Dockerfile"  # relative to the repository root, the build context
@@ -30,7 +35,7 @@ CONTAINER_NGINX_PORT = 80
 MODELS_MOUNT = "/models"
 # The replicas' batching and limits: the main config's keys, with the main config's rules.
 SERVE_KEYS = ("max_batch_size", "batch_timeout_ms", "max_queued_images", "max_request_mb",
-              "poll_seconds", "top_k", "api_key_variable")
+              "poll_seconds", "top_k", "api_key_variable", "drift_window")
 
 DEPLOYMENT_RULES: dict[str, Rule] = {
     "model.name": identifier(),
@@ -48,6 +53,7 @@ DEPLOYMENT_RULES: dict[str, Rule] = {
     "nginx.read_timeout_s": integer(1),
     "nginx.retry_tries": integer(0),
     "nginx.keepalive": integer(1),
+    **TLS_RULES,
     "kubernetes.namespace": identifier(),
     "kubernetes.exports_claim": identifier(),
     "kubernetes.cpu_request": positive_number(),
@@ -58,6 +64,7 @@ DEPLOYMENT_RULES: dict[str, Rule] = {
     "kubernetes.max_replicas": integer(1),
     "kubernetes.target_cpu_percent": integer(1),
     "kubernetes.target_in_flight": either("none", integer(1), "an integer >= 1"),
+    **MONITORING_RULES,
 }
 
 # Each replica's health as Docker checks it: the image has python, not curl. urlopen raises on
@@ -90,7 +97,9 @@ class DeploymentSettings:
     read_timeout_s: int
     retry_tries: int
     keepalive: int
+    tls: dict  # nginx's tls_certificate, tls_key, plain_http and plain_http_port
     k8s: dict  # the kubernetes: section, by key
+    monitoring: dict  # the monitoring: section, by key
 
     @property
     def api_key_variable(self) -> str:
@@ -100,6 +109,10 @@ class DeploymentSettings:
         """The ``serve:`` settings as ``--set`` values (``serve.top_k=3``), read back as YAML."""
         return [f"serve.{key}={yaml.safe_dump(value).splitlines()[0]}"
                 for key, value in self.serve]
+
+    @property
+    def max_queued_images(self) -> int:
+        return dict(self.serve)["max_queued_images"]
 
     @property
     def max_request_bytes(self) -> int:
@@ -112,6 +125,9 @@ def load_deployment(path: str | Path) -> DeploymentSettings:
     path = Path(path)
     values = read_flat(path)
     problems = validate(values, str(path), DEPLOYMENT_RULES)
+    tls = {key: values.get(f"nginx.{key}") for key in ("tls_certificate", "tls_key",
+                                                       "plain_http", "plain_http_port")}
+    problems = problems or tls_problems(tls, path.resolve().parent, str(path))
     if problems:
         raise ConfigError(problems)
     return DeploymentSettings(
@@ -124,9 +140,13 @@ def load_deployment(path: str | Path) -> DeploymentSettings:
         fail_timeout_s=values["nginx.fail_timeout_s"],
         connect_timeout_s=values["nginx.connect_timeout_s"],
         read_timeout_s=values["nginx.read_timeout_s"], retry_tries=values["nginx.retry_tries"],
-        keepalive=values["nginx.keepalive"],
-        k8s={key.split(".", 1)[1]: value for key, value in values.items()
-             if key.startswith("kubernetes.")})
+        keepalive=values["nginx.keepalive"], tls=tls,
+        k8s=_section(values, "kubernetes"), monitoring=_section(values, "monitoring"))
+
+
+def _section(values: dict, section: str) -> dict:
+    return {key.split(".", 1)[1]: value for key, value in values.items()
+            if key.startswith(f"{section}.")}
 
 
 # ----------------------------------------------------------------------------- nginx
@@ -156,7 +176,7 @@ http {{
 
     server {{
         listen {listen};
-        # serve.max_request_mb = {max_request_mb:g}: what the replicas accept, nginx accepts
+{tls}        # serve.max_request_mb = {max_request_mb:g}: what the replicas accept, nginx accepts
         client_max_body_size {max_request_bytes};
 
         location / {{
@@ -169,20 +189,24 @@ http {{
             proxy_send_timeout {read_timeout_s}s;
             proxy_read_timeout {read_timeout_s}s;
             add_header X-Upstream $upstream_addr always;  # the replica(s) tried, in order
-        }}
+{hsts}        }}
     }}
-}}
+{plain_http_server}}}
 """
 
 
-def nginx_conf(settings: DeploymentSettings, upstreams: list[str], listen: str) -> str:
+def nginx_conf(settings: DeploymentSettings, upstreams: list[str], listen: str,
+               tls: TlsFront | None = None) -> str:
     """A complete nginx.conf balancing ``upstreams`` (``host:port``) and listening on
-    ``listen`` (``80``, ``127.0.0.1:8080``). No daemon, pid or user directives: the official
-    image's entrypoint and a test's ``-g`` options set those."""
+    ``listen`` (``80``, ``127.0.0.1:8080``), with HTTPS there when given a ``tls`` front. No
+    daemon, pid or user directives: the official image's entrypoint and a test's ``-g`` options
+    set those."""
     servers = "\n".join(f"        server {address} max_fails={settings.max_fails} "
                         f"fail_timeout={settings.fail_timeout_s}s;" for address in upstreams)
     return NGINX_TEMPLATE.format(
-        header=GENERATED_HEADER, servers=servers, listen=listen, keepalive=settings.keepalive,
+        header=GENERATED_HEADER, servers=servers, listen=f"{listen} ssl" if tls else listen,
+        tls=server_tls_lines(tls) if tls else "", hsts=hsts_line(tls),
+        plain_http_server=plain_http_server(tls), keepalive=settings.keepalive,
         max_request_mb=dict(settings.serve)["max_request_mb"],
         max_request_bytes=settings.max_request_bytes, retry_tries=settings.retry_tries,
         connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s)
@@ -226,28 +250,53 @@ def compose_file(settings: DeploymentSettings) -> str:
     services = {name: _replica_service(settings) for name in names}
     services["nginx"] = {
         "image": settings.nginx_image,
-        "ports": [f"{settings.nginx_host}:{settings.nginx_port}:{CONTAINER_NGINX_PORT}"],
-        "volumes": ["./nginx.conf:/etc/nginx/nginx.conf:ro"],
+        "ports": _nginx_ports(settings),
+        "volumes": ["./nginx.conf:/etc/nginx/nginx.conf:ro", *container_mounts(settings.tls)],
         "depends_on": {name: {"condition": "service_healthy"} for name in names},
         "restart": "unless-stopped",
     }
-    usage = (f"# docker compose -f Deployment/compose.yaml up --build -d; then\n"
-             f"# POST http://localhost:{settings.nginx_port}/v1/models/{settings.model}:predict\n")
+    services["prometheus"] = prometheus_service(settings.monitoring, names)
+    usage = (f"# docker compose -f Deployment/compose.yaml up --build -d (with Prometheus: "
+             f"--profile monitoring); then\n"
+             f"# POST {'http' if settings.tls['tls_certificate'] == 'none' else 'https'}://"
+             f"localhost:{settings.nginx_port}/v1/models/{settings.model}:predict\n")
     return GENERATED_HEADER + usage + yaml.safe_dump({"services": services}, sort_keys=False,
                                                      width=100)
 
 
+def _nginx_ports(settings: DeploymentSettings) -> list[str]:
+    """nginx's published ports: nginx.port (HTTPS on 443 with TLS), and plain HTTP's."""
+    host = settings.nginx_host
+    if settings.tls["tls_certificate"] == "none":
+        return [f"{host}:{settings.nginx_port}:{CONTAINER_NGINX_PORT}"]
+    return [f"{host}:{settings.nginx_port}:{CONTAINER_HTTPS_PORT}",
+            f"{host}:{settings.tls['plain_http_port']}:{CONTAINER_NGINX_PORT}"]
+
+
 def write_deployment(settings: DeploymentSettings) -> list[Path]:
-    """compose.yaml and nginx.conf, rendered into the settings file's folder: their paths."""
+    """compose.yaml, nginx.conf and monitoring/ (Prometheus' configuration and rules, the
+    Grafana dashboard), rendered into the settings file's folder: their paths."""
     upstreams = [f"{name}:{settings.replica_port}" for name in replica_names(settings)]
-    return write_files(settings, {"compose.yaml": compose_file(settings),
-                                  "nginx.conf": nginx_conf(settings, upstreams,
-                                                           str(CONTAINER_NGINX_PORT))})
+    monitoring = settings.monitoring
+    return write_files(settings, {
+        "compose.yaml": compose_file(settings),
+        "nginx.conf": _container_nginx_conf(settings, upstreams),
+        f"{MONITORING_DIR}/{PROMETHEUS_FILE}": prometheus_yml(upstreams,
+                                                             monitoring["scrape_interval_s"]),
+        f"{MONITORING_DIR}/{RULES_FILE}": rules_yml(monitoring, settings.max_queued_images),
+        f"{MONITORING_DIR}/dashboard.json": dashboard_json(monitoring["drift_psi"])})
+
+
+def _container_nginx_conf(settings: DeploymentSettings, upstreams: list[str]) -> str:
+    tls = container_front(settings.tls, settings.nginx_port)
+    return nginx_conf(settings, upstreams, str(CONTAINER_HTTPS_PORT if tls else
+                                               CONTAINER_NGINX_PORT), tls)
 
 
 def write_files(settings: DeploymentSettings, files: dict[str, str]) -> list[Path]:
     """``{name: content}`` written into the settings file's folder: their paths."""
     for name, content in files.items():
+        (settings.folder / name).parent.mkdir(exist_ok=True)
         (settings.folder / name).write_text(content)
     return [settings.folder / name for name in files]
 

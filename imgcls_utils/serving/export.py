@@ -33,6 +33,7 @@ from ..files import file_sha256, locked, staged
 from ..quiet_tensorflow import keras, tensorflow_logs_above_warnings, tf
 from ..training.model_folders import MODEL_FILE, load_model_folder, model_name, temperature
 from . import tflite
+from .drift import drift_reference
 from .graph import (IMAGES_INPUT, PIXELS_SIGNATURE, PROBABILITIES, SERVING_SIGNATURE, ExportedGraph,
                     ServingModule)
 from .graph_inputs import file_not_reproduced, graph_decoded, not_reproduced_inputs
@@ -109,12 +110,13 @@ def _number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def export_model(model_folder: Path, exports_dir: Path,
-                 processed: ProcessedData | None = None) -> ExportedVersion:
+def export_model(model_folder: Path, exports_dir: Path, processed: ProcessedData | None = None,
+                 tflite_variants: bool = True) -> ExportedVersion:
     """Write the next version of the model folder's export under ``exports_dir/<model name>``;
-    with the model's ``processed`` data, also the TensorFlow Lite variants and ``report.json``
-    (their size, accuracy and speed, and the exported graph's agreement with training's
-    preprocessing on the test split)."""
+    with the model's ``processed`` data, also the drift reference of its validation split in
+    ``imgcls.json`` (``drift.drift_reference``) and, unless not ``tflite_variants``, the
+    TensorFlow Lite variants and ``report.json`` (their size, accuracy and speed, and the
+    exported graph's agreement with training's preprocessing on the test split)."""
     model, class_names, config = load_model_folder(model_folder)
     name = model_name(Config(config, root=Path(model_folder)))
     data = config["data"]
@@ -126,6 +128,8 @@ def export_model(model_folder: Path, exports_dir: Path,
             "model_sha256": file_sha256(Path(model_folder) / MODEL_FILE),
             "graph_does_not_reproduce": not_reproduced_inputs(data["channels"]),
             "created": datetime.now().isoformat(timespec="seconds")}
+    if processed is not None and processed.count("val"):
+        info["reference"] = validation_reference(model, processed)
     model_exports = Path(exports_dir) / name
     with locked(model_exports), tensorflow_logs_above_warnings():
         final = model_exports / str(next_version(model_exports))
@@ -136,7 +140,7 @@ def export_model(model_folder: Path, exports_dir: Path,
             (building / ASSETS_EXTRA).mkdir()
             (building / ASSETS_EXTRA / EXPORT_INFO).write_text(json.dumps(info, indent=2))
             write_warmup_requests(building / ASSETS_EXTRA / WARMUP_FILE, name, info)
-            if processed is not None:
+            if processed is not None and tflite_variants:
                 pixels, labels = split_arrays(processed, "test")
                 report = {"parity": graph_parity(building, model, processed, data, pixels),
                           "tflite": tflite_report(model, building, processed, model_folder,
@@ -204,13 +208,26 @@ def _agreement(model: keras.Model, graph: np.ndarray, graph_pixels: np.ndarray,
     if not len(graph):
         return dict.fromkeys(("top1_agreement", "max_probability_difference",
                               "max_pixel_difference"))
-    # Batch by batch, as imgcls predict runs it (Keras' predict on an array builds a tf.data
-    # pipeline that TensorFlow 2.21 rewrites, logging an E0000 line, under op determinism).
-    trained = np.concatenate([model.predict_on_batch(training_pixels[start:start + PARITY_BATCH])
-                              for start in range(0, len(training_pixels), PARITY_BATCH)])
+    trained = predict_in_batches(model, training_pixels)
     return {"top1_agreement": float(np.mean(graph.argmax(-1) == trained.argmax(-1))),
             "max_probability_difference": float(np.abs(graph - trained).max()),
             "max_pixel_difference": float(np.abs(graph_pixels - training_pixels).max())}
+
+
+def predict_in_batches(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
+    """The model's probabilities for ``pixels``, batch by batch as imgcls predict runs it
+    (Keras' predict on an array builds a tf.data pipeline that TensorFlow 2.21 rewrites, logging
+    an E0000 line, under op determinism)."""
+    return np.concatenate([np.asarray(model.predict_on_batch(pixels[start:start + PARITY_BATCH]),
+                                      np.float32)
+                           for start in range(0, len(pixels), PARITY_BATCH)])
+
+
+def validation_reference(model: keras.Model, processed: ProcessedData) -> dict:
+    """What the model predicts on the validation split, as the server's drift scores compare
+    against: ``drift.drift_reference``."""
+    pixels, _ = split_arrays(processed, "val")
+    return drift_reference(predict_in_batches(model, pixels), pixels)
 
 
 def _graph_on_files(exported: ExportedGraph, paths: list[Path], channels: int):

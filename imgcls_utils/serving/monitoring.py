@@ -8,6 +8,7 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from .drift import DriftMetrics
 from .rest_api import PREDICT_PATH, STATUS_PATH
 
 LOGGER = logging.getLogger("imgcls.server")
@@ -42,6 +43,7 @@ class Metrics:
         self.rejected = Counter("imgcls_overloaded_requests",
                                 "Requests refused with 429 (serve.max_queued_images)",
                                 registry=registry)
+        self.drift = DriftMetrics(registry)  # what the model predicts, against its reference
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

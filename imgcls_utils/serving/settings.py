@@ -30,6 +30,7 @@ class ServeSettings:
     poll_seconds: float
     top_k: int
     api_key_variable: str
+    drift_window: int
     exports_dir: Path | None = None
 
     @classmethod

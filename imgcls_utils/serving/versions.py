@@ -17,7 +17,8 @@ import numpy as np
 
 from ..quiet_tensorflow import tf
 from .export import ASSETS_EXTRA, WARMUP_FILE, ExportedVersion, read_version, versions
-from .graph import SERVING_SIGNATURE, ExportedGraph
+from .drift import DriftMonitor
+from .graph import PROBABILITIES, SERVING_SIGNATURE, ExportedGraph
 from .monitoring import LOGGER, Metrics, log_event
 from .rest_api import InvalidArgument, ModelCall, NotFound, Unavailable, status_response
 from .settings import ServeSettings, ServeTarget
@@ -46,6 +47,7 @@ class ServedVersion:
         self.signature_defs: dict = {}
         self.warmup: dict = {}
         self.graph: ExportedGraph | None = None
+        self.monitor: DriftMonitor | None = None  # set when it starts serving requests
 
     @property
     def class_names(self) -> list[str]:
@@ -80,7 +82,10 @@ class ServedVersion:
         return self.graph.decode(images)
 
     def classify(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        return self.graph.classify_pixels(pixels)
+        """A request's model call: its predictions counted by the drift monitor."""
+        outputs = self.graph.classify_pixels(pixels)
+        self.monitor.observe(pixels, outputs[PROBABILITIES])
+        return outputs
 
     def warm_up(self, batch_sizes: list[int]) -> dict:
         """Replay the version's warm-up requests (TensorFlow Serving's ``PredictionLog``
@@ -102,10 +107,10 @@ class ServedVersion:
                 values = tf.make_ndarray(request.inputs[signature.input_name])
                 pixels = (self.decode(list(values.reshape(-1))) if signature.takes_images
                           else values.astype(np.float32))
-                self.classify(pixels)
+                self.graph.classify_pixels(pixels)
                 replayed += 1
         for size in batch_sizes:
-            self.classify(np.zeros((size, *self.pixel_shape), np.float32))
+            self.graph.classify_pixels(np.zeros((size, *self.pixel_shape), np.float32))
         return {"records": replayed, "skipped": skipped, "batch_sizes": batch_sizes,
                 "seconds": round(time.perf_counter() - started, 3)}
 
@@ -224,6 +229,9 @@ class ModelManager:
             collect_garbage()
         else:
             gc.freeze()
+        version.monitor = DriftMonitor(self.metrics.drift, self.name, version.number,
+                                       version.class_names, version.exported.info.get("reference"),
+                                       self.settings.drift_window)
         self.metrics.warmup_records.labels(self.name).inc(version.warmup["records"])
         self.metrics.warmup_seconds.labels(self.name).set(version.warmup["seconds"])
         with self._lock:
@@ -237,6 +245,7 @@ class ModelManager:
                   warmup_ms=round(version.warmup["seconds"] * 1000, 1),
                   warmup_records=version.warmup["records"],
                   warmup_batch_sizes=version.warmup["batch_sizes"],
+                  drift_reference=version.monitor.reference is not None,
                   replaced=old.number if old else None)
         if ended:
             self._ended(old)
@@ -252,6 +261,7 @@ class ModelManager:
 
     def _ended(self, version: ServedVersion) -> None:
         version.release()
+        version.monitor.forget()
         self._unloaded.set()  # its frozen objects are collected by the polling thread
         log_event("unloaded", model=self.name, version=version.number)
 
