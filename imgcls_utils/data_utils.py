@@ -9,7 +9,6 @@ import warnings
 
 from .data.images import load_image
 from .data.input_pipeline import build_augmentation, make_dataset, make_datasets, should_cache
-from .data.input_shape import resolve_input_shape
 from .data.processed import current_variant, process_data, processed_variants, remove_variants
 from .data.scan import scan_image_folder, scan_source
 from .data.scan_report import (class_counts, image_size_summary, load_samples, pixel_statistics,
@@ -26,8 +25,8 @@ __all__ = [
     "groups_across_splits", "image_size_summary", "load_image", "load_samples", "make_dataset",
     "make_datasets", "pixel_statistics", "plot_augmentation_preview", "plot_class_counts",
     "plot_duplicate_groups", "plot_image_grid", "process_data", "processed_variants",
-    "remove_variants", "resolve_input_shape", "resolve_source", "scan_image_folder",
-    "scan_report", "scan_source", "should_cache", "split_sizes", "trainable_classes",
+    "remove_variants", "resolve_source", "scan_image_folder", "scan_report", "scan_source",
+    "should_cache", "split_sizes", "trainable_classes",
 ]
 
 # Names of earlier versions (notebooks written for them keep working, with a warning).
