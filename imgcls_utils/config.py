@@ -84,6 +84,15 @@ class Config(Mapping):
         """An entry of the ``paths`` section as an absolute path (relative ones are under root)."""
         return self.root / self.paths[key]
 
+    def updated(self, changes: Mapping[str, Any]) -> Config:
+        """A copy with ``section.key -> value`` changes: the values a run chose for ``auto``
+        settings, so that what it saves says what it used."""
+        values = self.to_dict()
+        for key, value in changes.items():
+            section, name = key.split(".", 1)
+            values[section][name] = value
+        return Config(values, self.root)
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dict(section) for name, section in self._sections.items()}
 

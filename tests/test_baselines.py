@@ -30,7 +30,7 @@ def test_the_baselines_learn_the_digits_on_the_same_split(digits):
 def test_large_training_splits_are_sampled_down_to_the_cap(digits, monkeypatch):
     monkeypatch.setattr(baselines, "MAX_TRAIN_IMAGES", 200)
     images, labels = baselines.split_pixels(digits, "train", baselines.MAX_TRAIN_IMAGES)
-    assert images.shape == (200, 32 * 32) and 0 <= images.min() and images.max() <= 1
+    assert images.shape == (200, 16 * 16) and 0 <= images.min() and images.max() <= 1
     assert len(set(labels)) == 10  # the shards are in random order: a sample of every class
     assert baselines.fit_baselines(digits)["rbf_svm"]["train_images"] == 200
 

@@ -76,7 +76,7 @@ def test_unknown_key_with_wrong_section_suggests_by_name():
     ("train.epochs", True, "expected an integer >= 1"),
     ("train.learning_rate", 0, "allowed is a number > 0"),
     ("data.image_size", [32], "list of 2 integers"),
-    ("data.channels", 2, "allowed is 1 | 3"),
+    ("data.channels", 2, "allowed is auto or 1 | 3"),
     ("model.family", "transformer", "allowed is cnn | mlp | transfer"),
     ("augment.flip", "diagonal", "allowed is none | horizontal"),
     ("data.folds", 1, "allowed is none or an integer >= 2"),

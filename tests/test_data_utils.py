@@ -14,7 +14,8 @@ from tests.sample_files import make_messy_folder, tree_hashes
 
 
 def small(class_folder, **overrides) -> dict:
-    return {"data.source": str(class_folder), "data.image_size": [16, 16], **overrides}
+    return {"data.source": str(class_folder), "data.image_size": [16, 16], "data.channels": 1,
+            **overrides}
 
 
 def test_prepare_builds_then_reuses_then_rebuilds_on_change(class_folder, make_config):

@@ -7,7 +7,8 @@ from imgcls_utils.model_utils import ModelConfigError
 from imgcls_utils.quiet_tensorflow import keras
 from imgcls_utils.training import models
 
-SMALL = {"data.image_size": [16, 16], "model.conv_filters": [8], "model.dense_units": 16}
+SMALL = {"data.image_size": [16, 16], "data.channels": 1, "model.conv_filters": [8],
+         "model.dense_units": 16}
 # The smallest MobileNetV2 at its smallest input: builds in a second, trains in a few.
 TINY_TRANSFER = {**SMALL, "model.family": "transfer", "transfer.backbone": "mobilenet_v2",
                  "transfer.alpha": 0.35, "transfer.weights": "none"}

@@ -26,6 +26,7 @@ from ..config import Config, Section
 from ..errors import warn
 from ..files import file_sha256, locked, relative_files, staged, write_atomically
 from .engine import Engine
+from .input_shape import AUTO, resolve_input_shape
 from .scan import ScanResult, scan_source
 from .shards import in_shard_order, plan_shards, shard_settings, write_shards
 from .sources import resolve_source
@@ -124,7 +125,10 @@ def process_data(cfg: Config, verify: bool = False) -> ProcessedData:
 def process_scan(scan: ScanResult, data: Section, processed_dir: Path,
                  engine: Engine | None = None, verify: bool = False) -> ProcessedData:
     """Split and write the shards of the trainable classes of a scan (see ``trained_classes``),
-    unless the processed folder already matches them; the shards are tasks on ``engine``."""
+    unless the processed folder already matches them; the shards are tasks on ``engine``. An
+    ``auto`` image size or channel count is chosen from the scan's usable images
+    (``input_shape``)."""
+    data = resolve_input_shape(data, scan.folder, scan.images)
     classes, left_out = trainable_classes(scan, data)
     if left_out:  # a copy of a million rows only when some class is left out
         scan = replace(scan, images=scan.images[scan.images["label"].isin(classes)])
@@ -167,9 +171,14 @@ def processed_variants(processed_dir: Path) -> pd.DataFrame:
 
 
 def current_variant(cfg: Config) -> Path:
-    """The processed folder the config's source and settings use (built or not)."""
+    """The processed folder the config's source and settings use (built or not); an ``auto``
+    input shape is resolved by a scan (cached: only new or changed files are read)."""
+    data = cfg.data
+    if AUTO in (data.image_size, data.channels):
+        scan = scan_source(cfg)
+        data = resolve_input_shape(data, scan.folder, scan.images)
     source = resolve_source(cfg.data, cfg.path("raw_dir"))
-    return processed_folder(source, cfg.path("processed_dir"), cfg.data)
+    return processed_folder(source, cfg.path("processed_dir"), data)
 
 
 def remove_variants(processed_dir: Path, keep: Path) -> list[str]:

@@ -106,8 +106,12 @@ class TrainingRun:
         raise AttributeError(f"'TrainingRun' object has no attribute {name!r}")
 
     def process_data(self) -> ProcessedData:
-        """Scan, split and preprocess the source (reused when unchanged); make the datasets."""
+        """Scan, split and preprocess the source (reused when unchanged); make the datasets.
+        From here on ``cfg`` holds the image size and channels used (``auto`` resolved), as the
+        model folder's config will."""
         self.processed = process_data(self.cfg)
+        self.cfg = self.cfg.updated({"data.image_size": list(self.processed.image_size),
+                                     "data.channels": self.processed.channels})
         # Every worker recomputes batch-norm statistics on the same (unsharded) sample.
         self.datasets = {split: dataset if split == STATISTICS else self.hardware.shardable(dataset)
                          for split, dataset in make_datasets(self.cfg, self.processed).items()}
