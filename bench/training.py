@@ -1,4 +1,4 @@
-"""Training benchmark: three figures, each measured in this run.
+"""Training benchmark: five figures, each measured in this run.
 
 1. fashion: the strong CNN (``FASHION_CNN``) trained on Fashion-MNIST from the Debian package's
    IDX files with 3 seeds, tested on the official 10,000 test images: test accuracy (mean and
@@ -8,10 +8,16 @@
    compiled with "adam", ``fit`` on NumPy arrays), same images, same batch size;
 3. knobs: images/s of the default CNN's training step with each speed knob (mixed precision,
    XLA, steps_per_execution, batch size, deterministic ops) relative to an explicit float32
-   baseline, on data already in memory.
+   baseline, on data already in memory;
+4. epoch: where the default digits run's epoch time goes (steps, between steps, the batch-norm
+   refresh, validation, the callbacks and checkpoint after it), and the steps taken apart (the
+   input pipeline with and without augmentation, the step alone with and without deterministic
+   ops);
+5. digits: the default digits run against the previous defaults (32x32x1), 5 seeds, interleaved:
+   test accuracy and training time.
 
-    .venv/bin/python bench/training.py                  # all three, about 35 minutes on 2 cores
-    .venv/bin/python bench/training.py --only knobs     # or fashion / wrappers
+    .venv/bin/python bench/training.py                  # all five, about 60 minutes on 2 cores
+    .venv/bin/python bench/training.py --only digits    # or fashion / wrappers / knobs / epoch
 
 Needs the Debian package dataset-fashion-mnist (``apt-get install dataset-fashion-mnist``) for
 1 and 2. Everything it writes goes to a temporary project folder, deleted at the end.
