@@ -333,10 +333,9 @@ def epoch(tmp: Path, epochs: int = 6, steps: int = 100) -> None:
         started, count = time.perf_counter(), sum(1 for _ in dataset)
         print(f"   {name:<44} {1000 * (time.perf_counter() - started) / count:6.1f}")
     for deterministic in (True, False):
-        step_cfg = project(tmp / "epoch", **{"hardware.deterministic": deterministic})
-        step_cfg = step_cfg.updated({"data.image_size": list(run.processed.image_size),
-                                     "data.channels": run.processed.channels})
-        rate = step_rate(step_cfg, steps)
+        rate = step_rate(project(tmp / "epoch", **{
+            "hardware.deterministic": deterministic, "data.channels": run.processed.channels,
+            "data.image_size": list(run.processed.image_size)}), steps)
         name = f"the step alone, {'deterministic' if deterministic else 'non-deterministic'} ops"
         print(f"   {name:<44} {1000 * cfg.train.batch_size / rate:6.1f}")
 
