@@ -13,7 +13,7 @@ from tests.conftest import REPO_ROOT
 
 def test_clean_generated_removes_every_derived_file_and_keeps_inputs(tmp_path):
     shutil.copy(REPO_ROOT / "Makefile", tmp_path / "Makefile")
-    derived = ["data/Processed_Data/digits/split.csv", "data/Processed_Data/digits.manifest/part-0-all.csv",
+    derived = ["data/Processed_Data/digits/split.csv", "data/Processed_Data/digits.manifest/part-0-all.arrow",
                "data/Raw_Data/digits/.imgcls-source.json", "data/Raw_Data/digits/0/0000.png",
                "data/Raw_Data/.digits.lock", "data/Processed_Data/.digits-8x8x1-0a1b2c3d.lock",
                "runs/20261123-091346/config.yaml"]

@@ -5,6 +5,7 @@ import sys
 import time
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from imgcls_utils import data_utils
@@ -158,7 +159,19 @@ def test_the_manifest_skips_unchanged_files_and_rescans_changed_ones(class_folde
     assert (again.stats["inspected"], again.stats["reused"]) == (2, 28)
     changed = again.images["sha256"] != first.images["sha256"]
     assert again.images.loc[changed, "path"].tolist() == ["dog/3.png"]
-    assert [p.name for p in manifest.glob("part-*.csv")] == [MERGED_PART]
+    assert [p.name for p in manifest.glob("part-*")] == [MERGED_PART]
+
+
+def test_a_damaged_manifest_part_costs_a_rescan_of_its_files_not_a_wrong_record(class_folder,
+                                                                                 tmp_path):
+    manifest = tmp_path / "processed" / "images.manifest"
+    first = data_utils.scan_image_folder(class_folder, manifest_dir=manifest)
+    part = manifest / MERGED_PART
+    part.write_bytes(part.read_bytes()[:len(part.read_bytes()) // 2])  # a disk that filled up
+    again = data_utils.scan_image_folder(class_folder, manifest_dir=manifest)
+    assert (again.stats["inspected"], again.stats["reused"]) == (30, 0)
+    assert again.images.equals(first.images)
+    assert data_utils.scan_image_folder(class_folder, manifest_dir=manifest).stats["reused"] == 30
 
 
 def test_a_copied_folder_is_not_rescanned(class_folder, tmp_path):
@@ -199,11 +212,11 @@ def test_a_scan_killed_half_way_resumes_without_inspecting_finished_files(tmp_pa
     scan = subprocess.Popen([sys.executable, "-c", script, str(folder), str(manifest)],
                             cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(manifest.glob("part-*.csv")) and time.monotonic() < deadline:
+    while not list(manifest.glob("part-*")) and time.monotonic() < deadline:
         time.sleep(0.01)
     scan.kill()
     scan.wait()
-    finished = sum(len(pd.read_csv(part)) for part in manifest.glob("part-*.csv"))
+    finished = sum(pa.ipc.open_file(part).read_all().num_rows for part in manifest.glob("part-*"))
     assert 0 < finished < 6 * scanning.INSPECT_BATCH
     resumed = data_utils.scan_image_folder(folder, manifest_dir=manifest)
     assert resumed.stats["reused"] == finished

@@ -70,12 +70,16 @@ def find_groups(images: pd.DataFrame, phash: np.ndarray, average: np.ndarray,
     ``max_distance``, so do images whose hashes differ in at most that many bits, and small
     images close to another image (``small_image_pairs``). A row without copies is its own
     group. ``engine`` runs the hash matching (default: this process)."""
-    links = [_first_of_same(pd.factorize(images["sha256"])[0])]
+    rows = np.ascontiguousarray(phash).view(np.dtype((np.void, HASH_BYTES))).ravel()
+    _, representatives, same_hash = np.unique(rows, return_index=True, return_inverse=True)
+    same_hash = same_hash.ravel()
+    # Identical files have identical hashes: only rows sharing a hash can share their bytes.
+    sharing = np.flatnonzero(np.bincount(same_hash)[same_hash] > 1)
+    identical = _first_of_same(pd.factorize(images["sha256"].iloc[sharing])[0])
+    links = [sharing[identical].reshape(-1, 2)]
     checked = 0
     if max_distance is not None:
-        rows = np.ascontiguousarray(phash).view(np.dtype((np.void, HASH_BYTES))).ravel()
-        _, representatives, same_hash = np.unique(rows, return_index=True, return_inverse=True)
-        links.append(_first_of_same(same_hash.ravel()))
+        links.append(_first_of_same(same_hash))
         pairs, checked = lsh.near_pairs(phash[representatives], max_distance, engine)
         links += [representatives[pairs], small_image_pairs(images, average)]
     return _components(len(images), np.concatenate(links)), checked

@@ -7,9 +7,11 @@ change time is not used, since every copy gets a new one. An edit changes the mo
 ``imgcls process --verify``, which hashes every file.
 
 ``Processed_Data/<source>.manifest/`` holds ``settings.json`` (the checks the records depend on:
-other settings start a new manifest) and CSV parts, one per finished batch of files, each
-published by a rename: a scan killed half way keeps every finished batch and the next scan
-inspects only the rest. After a complete scan the parts are merged into one.
+other settings start a new manifest) and parts, one per finished batch of files, each published
+by a rename: a scan killed half way keeps every finished batch and the next scan inspects only
+the rest. After a complete scan the parts are merged into one. A part is an Arrow IPC file (the
+hashes as fixed-size binary columns): read back into columns without a Python object per cell,
+where CSV text made one for every cell on the way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..files import staged, write_atomically
 from .duplicates import AVERAGE_BYTES, HASH_BYTES
@@ -31,22 +35,25 @@ MANIFEST_SUFFIX = ".manifest"
 SETTINGS_FILE = "settings.json"
 # Parts are read oldest first, by name, and the newest record of a path wins: the merged part
 # sorts before the parts a later scan adds (named by the time they were written).
-MERGED_PART = "part-0-all.csv"
+MERGED_PART = "part-0-all.arrow"
+PART_PATTERN = "part-*.arrow"
 STAMP_COLUMNS = ["path", "size", "mtime_ns"]
 RECORD_COLUMNS = ["problem", "reason", "width", "height", "mode", "format", "frames", "sha256"]
 HASH_COLUMNS = ["phash", "average"]
-COLUMNS = [*STAMP_COLUMNS, *RECORD_COLUMNS, *HASH_COLUMNS]
-DTYPES = {"path": str, "size": "int64", "mtime_ns": "int64", "problem": str, "reason": str,
-          "mode": str, "format": str, "sha256": str, "phash": str, "average": str}
-NULLABLE = ["problem", "reason", "width", "height", "mode", "format", "frames", "sha256"]
-READ_CHUNK = 10_000  # rows converted at a time: the hex hashes never all sit in memory as text
+WRITE_CHUNK = 10_000  # rows per record batch of a part
+RECORD_SCHEMA = pa.schema(
+    [("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
+     *[(column, pa.int32() if column in ("width", "height", "frames") else pa.string())
+       for column in RECORD_COLUMNS]])
+PART_SCHEMA = RECORD_SCHEMA.append(pa.field("phash", pa.binary(HASH_BYTES))).append(
+    pa.field("average", pa.binary(AVERAGE_BYTES)))
 
 
 @dataclass
 class Inspected:
-    """Records of inspected files (``COLUMNS`` but the hashes) and their hashes as arrays, row
-    for row: the 256-bit perceptual hash (``HASH_BYTES`` per row) and the 8 x 8 average; zeros
-    for files that are not usable images."""
+    """Records of inspected files (``STAMP_COLUMNS`` and ``RECORD_COLUMNS``) and their hashes
+    as arrays, row for row: the 256-bit perceptual hash (``HASH_BYTES`` per row) and the 8 x 8
+    average; zeros for files that are not usable images."""
 
     records: pd.DataFrame
     phash: np.ndarray
@@ -59,25 +66,13 @@ class Inspected:
 
     @classmethod
     def from_table(cls, table: pd.DataFrame) -> Inspected:
-        """Records with hex hash columns (a part file, or fresh records) as ``Inspected``."""
+        """Fresh records with hex hash columns (from the inspection) as ``Inspected``."""
         return cls(_compact(table.drop(columns=HASH_COLUMNS)).reset_index(drop=True),
                    _unhex(table["phash"], HASH_BYTES), _unhex(table["average"], AVERAGE_BYTES))
-
-    @classmethod
-    def concat(cls, pieces: list[Inspected]) -> Inspected:
-        pieces = [piece for piece in pieces if len(piece.records)] or [cls.empty()]
-        return cls(pd.concat([p.records for p in pieces], ignore_index=True),
-                   np.concatenate([p.phash for p in pieces]),
-                   np.concatenate([p.average for p in pieces]))
 
     def take(self, rows: np.ndarray) -> Inspected:
         return Inspected(self.records.iloc[rows].reset_index(drop=True), self.phash[rows],
                          self.average[rows])
-
-    def table(self) -> pd.DataFrame:
-        """The records with their hashes as hex columns, as a part file holds them."""
-        usable = self.records["problem"].isna().to_numpy()
-        return self.records.assign(phash=_hex(self.phash, usable), average=_hex(self.average, usable))
 
 
 class Manifest:
@@ -101,10 +96,17 @@ class Manifest:
                 return Inspected.empty()
         except (OSError, ValueError):
             return Inspected.empty()
-        parts = sorted(self.folder.glob("part-*.csv"))
-        loaded = Inspected.concat([piece for part in parts for piece in _read_part(part)])
-        newest = ~loaded.records["path"].duplicated(keep="last").to_numpy()
-        return loaded.take(np.flatnonzero(newest))
+        tables = [table for part in sorted(self.folder.glob(PART_PATTERN))
+                  if (table := _read_part(part)) is not None]
+        if not tables:
+            return Inspected.empty()
+        table = pa.concat_tables(tables)
+        del tables
+        loaded = _inspected(table)
+        if pc.count_distinct(table["path"]).as_py() == len(table):  # no path inspected twice
+            return loaded
+        older = loaded.records["path"].duplicated(keep="last").to_numpy()
+        return loaded.take(np.flatnonzero(~older))
 
     def start(self) -> None:
         """Make the folder ready for parts: a manifest of other settings is discarded."""
@@ -117,33 +119,60 @@ class Manifest:
 
     def add(self, inspected: Inspected) -> None:
         """Publish one finished batch of records as a new part."""
-        _write_part(self.folder / f"part-{time.time_ns()}-{uuid.uuid4().hex}.csv", inspected)
+        _write_part(self.folder / f"part-{time.time_ns()}-{uuid.uuid4().hex}.arrow", inspected)
 
     def merge(self, current: Inspected) -> None:
         """Replace every part by one holding exactly ``current`` (the files of the last scan)."""
-        old = [part for part in self.folder.glob("part-*.csv") if part.name != MERGED_PART]
+        old = [part for part in self.folder.glob(PART_PATTERN) if part.name != MERGED_PART]
         _write_part(self.folder / MERGED_PART, current)
         for part in old:
             part.unlink()
 
 
 def _write_part(path: Path, inspected: Inspected) -> None:
-    """Write a part out of sight, ``READ_CHUNK`` rows at a time (the hex text of a million
-    hashes is never in memory at once), and publish it by a rename."""
-    with staged(path, folder=False) as staging, open(staging, "w", newline="") as handle:
-        for start in range(0, max(1, len(inspected.records)), READ_CHUNK):
-            chunk = inspected.take(np.arange(start, min(start + READ_CHUNK,
-                                                        len(inspected.records))))
-            chunk.table()[COLUMNS].to_csv(handle, index=False, header=start == 0)
+    """Write a part out of sight and publish it by a rename."""
+    records = pa.Table.from_pandas(inspected.records[[*STAMP_COLUMNS, *RECORD_COLUMNS]],
+                                   preserve_index=False)
+    table = pa.Table.from_arrays(
+        [*records.cast(RECORD_SCHEMA).columns,
+         _binary_column(inspected.phash), _binary_column(inspected.average)], schema=PART_SCHEMA)
+    with staged(path, folder=False) as staging, pa.OSFile(str(staging), "wb") as sink, \
+            pa.ipc.new_file(sink, PART_SCHEMA) as writer:
+        writer.write_table(table, max_chunksize=WRITE_CHUNK)
 
 
-def _read_part(part: Path) -> list[Inspected]:
+def _read_part(part: Path) -> pa.Table | None:
+    """A part's table, or None if it is damaged (its files are inspected again)."""
     try:
-        chunks = pd.read_csv(part, dtype=DTYPES, chunksize=READ_CHUNK, keep_default_na=False,
-                             na_values={column: [""] for column in NULLABLE})
-        return [Inspected.from_table(chunk) for chunk in chunks]
-    except (OSError, ValueError, KeyError):
-        return []  # a damaged part: its files are inspected again
+        with pa.OSFile(str(part)) as source:  # read, not mapped: the tables outlive the file
+            table = pa.ipc.open_file(source).read_all()
+        return table if table.schema.equals(PART_SCHEMA) else None
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def _inspected(table: pa.Table) -> Inspected:
+    """The parts' records, joined by Arrow without a copy, then converted once."""
+    return Inspected(_compact(table.drop_columns(HASH_COLUMNS).to_pandas()),
+                     _binary_rows(table["phash"], HASH_BYTES),
+                     _binary_rows(table["average"], AVERAGE_BYTES))
+
+
+def _binary_column(rows: np.ndarray) -> pa.Array:
+    """A ``(rows, width)`` uint8 array as a fixed-size binary column, without a copy per row."""
+    width = rows.shape[1]
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(rows), [None, pa.py_buffer(np.ascontiguousarray(rows))])
+
+
+def _binary_rows(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    """A fixed-size binary column back as a ``(rows, width)`` uint8 array."""
+    array = column.combine_chunks() if len(column) else pa.array([], pa.binary(width))
+    if array.type != pa.binary(width) or array.null_count:
+        raise ValueError(f"expected {width}-byte hashes")
+    data = np.frombuffer(array.buffers()[1], np.uint8) if len(array) else np.zeros(0, np.uint8)
+    start = array.offset * width
+    return data[start:start + len(array) * width].reshape(len(array), width).copy()
 
 
 def _compact(chunk: pd.DataFrame) -> pd.DataFrame:
@@ -158,7 +187,3 @@ def _compact(chunk: pd.DataFrame) -> pd.DataFrame:
 def _unhex(column: pd.Series, width: int) -> np.ndarray:
     text = "".join(value if value else "00" * width for value in column)
     return np.frombuffer(bytes.fromhex(text), np.uint8).reshape(len(column), width).copy()
-
-
-def _hex(array: np.ndarray, usable: np.ndarray) -> list[str]:
-    return [row.tobytes().hex() if ok else "" for row, ok in zip(array, usable)]

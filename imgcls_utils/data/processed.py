@@ -27,6 +27,7 @@ from ..errors import warn
 from ..files import file_sha256, locked, relative_files, staged, write_atomically
 from .engine import Engine
 from .input_shape import AUTO, resolve_input_shape
+from .memory import give_back_freed_memory, in_system_heap
 from .scan import ScanResult, scan_source
 from .shards import in_shard_order, plan_shards, shard_settings, write_shards
 from .sources import resolve_source
@@ -122,6 +123,7 @@ def process_data(cfg: Config, verify: bool = False) -> ProcessedData:
                         verify)
 
 
+@in_system_heap
 def process_scan(scan: ScanResult, data: Section, processed_dir: Path,
                  engine: Engine | None = None, verify: bool = False) -> ProcessedData:
     """Split and write the shards of the trainable classes of a scan (see ``trained_classes``),
@@ -144,7 +146,10 @@ def process_scan(scan: ScanResult, data: Section, processed_dir: Path,
             engine = (engine or Engine()).for_files(len(scan.images))
             info = _write_processed(scan, data, folder, key, left_out, engine)
         os.utime(folder / DATASET_INFO)  # when it was last used: see processed_variants
-        images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str, "part": str})
+        give_back_freed_memory()
+        # Arrow's parser makes no Python string per cell on the way to the same table
+        images = pd.read_csv(folder / SPLIT_TABLE, dtype={"label": str, "part": str},
+                             engine="pyarrow")
     return ProcessedData(folder, scan.folder, images, info["class_names"],
                         tuple(info["image_size"]), info["channels"], key, reused,
                         info["left_out_classes"])
@@ -233,6 +238,7 @@ def _write_processed(scan: ScanResult, data: Section, folder: Path, key: str,
     """Build the processed folder out of sight and swap it in only when complete; returns
     what its ``dataset.json`` holds."""
     images = in_shard_order(split_images(scan.images, data), data.seed)
+    give_back_freed_memory()
     with staged(folder) as building:
         files = write_shards(plan_shards(images, scan.class_names),
                              shard_settings(scan.folder, building, data), engine)

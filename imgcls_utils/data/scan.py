@@ -10,6 +10,7 @@ can say which label is right and keeping either would teach the model a contradi
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import tempfile
 import time
@@ -32,17 +33,20 @@ from .engine import Engine, batches
 from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS,
                      decode_thumbnail, is_hidden, pixel_limit_checked_by_caller, too_many_pixels)
 from .manifest import RECORD_COLUMNS, Inspected, Manifest
+from .memory import give_back_freed_memory, in_system_heap
 from .sources import (NO_PART, TEST_PART, TRAIN_PART, has_official_split, part_and_class,
                       resolve_source, subfolders)
 
 # A thumbnail this size is plenty for a 64 x 64 pHash and decodes JPEGs at 1/8 scale.
 HASH_THUMBNAIL_SIDE = 128
-MANIFEST_VERSION = 4  # bump when a record's fields or the checks change
+MANIFEST_VERSION = 5  # bump when a record's fields or the checks change
 INSPECT_BATCH = 256  # files per task: one manifest part each
 IMAGE_COLUMNS = ["path", "label", "part", "width", "height", "mode", "format", "frames", "sha256"]
 SKIPPED_COLUMNS = ["path", "problem", "reason"]
 GROUPS_PREFIX = "groups-"
 DUPLICATES_FILE_SUFFIX = ".duplicates.csv"
+HASHED_ROWS = 10_000  # rows of the scan table hashed at a time for the groups' key
+WALK_CHUNK = 10_000  # files listed into the table at a time
 
 
 @dataclass
@@ -93,6 +97,7 @@ class Limits:
                 "max_pixels": self.max_pixels}
 
 
+@in_system_heap
 def scan_image_folder(folder: Path, data: Section | None = None, manifest_dir: Path | None = None,
                       engine: Engine | None = None, verify: bool = False) -> ScanResult:
     """Account for every file under ``folder`` (``<folder>/<class>/.../<image>``, or
@@ -106,6 +111,7 @@ def scan_image_folder(folder: Path, data: Section | None = None, manifest_dir: P
     limits = Limits.from_config(data) if data is not None else Limits()
     official = has_official_split(folder)
     candidates, skipped = _walk(folder, official)
+    give_back_freed_memory()  # after each stage: see memory.py
     engine = (engine or Engine()).for_files(len(candidates))
     with _manifest_folder(manifest_dir) as where:  # a second scan of the folder waits
         manifest = Manifest(where, limits.manifest_settings())
@@ -116,9 +122,11 @@ def scan_image_folder(folder: Path, data: Section | None = None, manifest_dir: P
         skipped += inspected.records.loc[~usable, SKIPPED_COLUMNS].to_dict("records")
         hashes = Inspected(images, inspected.phash[usable], inspected.average[usable])
         del inspected
+        give_back_freed_memory()
         images["group"], stats["candidate_pairs"] = _groups(
             images, hashes, limits, manifest if manifest_dir else None, engine)
         del hashes
+        give_back_freed_memory()
         table = duplicates.duplicate_table(images)
         listed = _write_duplicate_lists(table, manifest_dir, folder) if manifest_dir else None
     conflicting = table[table["conflict"]]
@@ -167,29 +175,33 @@ def _walk(folder: Path, official_split: bool) -> tuple[pd.DataFrame, list[dict]]
     symlinks not followed)."""
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; expected <folder>/<class>/<image>")
-    root = folder.resolve()
-    paths, sizes, times, skipped = [], [], [], []
+    skipped = []
+    listed = _listed_files(str(folder), "", folder.resolve(), official_split, skipped)
+    pieces = []  # a table per chunk of files: a million paths never sit in Python objects at once
+    while chunk := list(itertools.islice(listed, WALK_CHUNK)):
+        pieces.append(pd.DataFrame(chunk, columns=["path", "size", "mtime_ns"]).astype(
+            {"size": np.int64, "mtime_ns": np.int64}))
+    if not pieces:
+        return pd.DataFrame({"path": pd.Series([], dtype=str), "size": np.zeros(0, np.int64),
+                             "mtime_ns": np.zeros(0, np.int64)}), skipped
+    return pd.concat(pieces, ignore_index=True), skipped
 
-    def visit(directory: str, prefix: str) -> None:
-        with os.scandir(directory) as scanned:
-            entries = sorted((e for e in scanned if not is_hidden(e.name)), key=lambda e: e.name)
-        for entry in entries:
-            relative = prefix + entry.name
-            if entry.is_dir(follow_symlinks=False):
-                visit(entry.path, relative + "/")
-                continue
-            problem = _path_problem(entry, relative, root, official_split)
-            if problem:
-                skipped.append({"path": relative, "problem": problem[0], "reason": problem[1]})
-            else:
-                stat = entry.stat()
-                paths.append(relative)
-                sizes.append(stat.st_size)
-                times.append(stat.st_mtime_ns)
 
-    visit(str(folder), "")
-    return pd.DataFrame({"path": paths, "size": np.array(sizes, np.int64),
-                         "mtime_ns": np.array(times, np.int64)}), skipped
+def _listed_files(directory: str, prefix: str, root: Path, official_split: bool,
+                  skipped: list[dict]) -> Iterator[tuple[str, int, int]]:
+    """Each candidate file under ``directory`` in name order, as (relative path, size,
+    modification time); the files that cannot be images go to ``skipped``."""
+    with os.scandir(directory) as scanned:
+        entries = sorted((e for e in scanned if not is_hidden(e.name)), key=lambda e: e.name)
+    for entry in entries:
+        relative = prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            yield from _listed_files(entry.path, relative + "/", root, official_split, skipped)
+        elif problem := _path_problem(entry, relative, root, official_split):
+            skipped.append({"path": relative, "problem": problem[0], "reason": problem[1]})
+        else:
+            stat = entry.stat()
+            yield relative, stat.st_size, stat.st_mtime_ns
 
 
 def _path_problem(entry: os.DirEntry, relative: str, root: Path,
@@ -234,11 +246,14 @@ def _inspect_all(folder: Path, candidates: pd.DataFrame, limits: Limits, manifes
             for _, count in engine.map_unordered(inspect_batch, work, (folder, limits, manifest)):
                 progress.update(count)
         known = manifest.load()
+        give_back_freed_memory()
     rows = _matching_rows(candidates, known)
     changed = len(todo) or len(known.records) != len(rows)
     rows = rows[np.argsort(known.records["path"].to_numpy()[rows], kind="stable")]
-    inspected = known.take(rows)  # one copy, in path order
+    in_order = len(rows) == len(known.records) and (rows == np.arange(len(rows))).all()
+    inspected = known if in_order else known.take(rows)  # at most one copy, in path order
     del known
+    give_back_freed_memory()
     if changed:
         manifest.merge(inspected)
     return inspected, {"files": len(candidates), "inspected": len(todo),
@@ -310,10 +325,13 @@ def _inspect(folder: Path, relative: str, limits: Limits) -> dict:
 
 def _placed(records: pd.DataFrame, official_split: bool) -> pd.DataFrame:
     """The usable images' records with the class and official part their paths give them (see
-    ``part_and_class``), worked out column by column: no Python object per image."""
-    folders = records["path"].str.split("/")
-    part = folders.str[0] if official_split else NO_PART
-    label = folders.str[1 if official_split else 0]
+    ``part_and_class``), worked out by a regular expression on the whole column: no Python
+    object per image (splitting the paths would make a list of strings per image)."""
+    if official_split:
+        folders = records["path"].str.extract(r"^([^/]*)/([^/]*)/")
+        part, label = folders[0], folders[1]
+    else:
+        part, label = NO_PART, records["path"].str.extract(r"^([^/]*)/", expand=False)
     return records.assign(part=part, label=label)[IMAGE_COLUMNS].reset_index(drop=True)
 
 
@@ -343,6 +361,7 @@ def _groups(images: pd.DataFrame, hashes: Inspected, limits: Limits, manifest: M
         if manifest else None
     if saved and saved.is_file():
         return np.load(saved), 0
+    give_back_freed_memory()
     groups, checked = duplicates.find_groups(images, hashes.phash, hashes.average, distance, engine)
     if saved:
         manifest.start()
@@ -356,8 +375,10 @@ def _groups(images: pd.DataFrame, hashes: Inspected, limits: Limits, manifest: M
 
 def _groups_key(images: pd.DataFrame, hashes: Inspected, distance: int | None) -> str:
     digest = hashlib.sha256(repr((distance, duplicates.MATCHING_VERSION)).encode())
-    digest.update(pd.util.hash_pandas_object(images[["path", "sha256", "width", "height"]],
-                                             index=False).to_numpy().tobytes())
+    identity = images[["path", "sha256", "width", "height"]]
+    for start in range(0, len(identity), HASHED_ROWS):  # a chunk's text at a time, not all
+        digest.update(pd.util.hash_pandas_object(identity.iloc[start:start + HASHED_ROWS],
+                                                 index=False).to_numpy().tobytes())
     digest.update(hashes.phash.tobytes())
     digest.update(hashes.average.tobytes())
     return digest.hexdigest()[:16]

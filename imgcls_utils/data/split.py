@@ -48,7 +48,8 @@ def split_images(images: pd.DataFrame, data: Section) -> pd.DataFrame:
 
 def _fraction_split(images: pd.DataFrame, data: Section) -> pd.DataFrame:
     """Whole duplicate groups to train, validation and test by ``data.*_fraction``."""
-    units = images.drop_duplicates("group")  # each group's first path stands for the group
+    # each group's first image stands for the group; only the columns the split reads
+    units = images[["group", "label"]].drop_duplicates("group")
     units = _enough_to_hold_out(units, ["validation", "test"],
                                 min(data.val_fraction, data.test_fraction))
     held_out = data.val_fraction + data.test_fraction
@@ -71,8 +72,8 @@ def _official_split(images: pd.DataFrame, data: Section) -> pd.DataFrame:
                         "source's official test part (its test/ folder); add test images or set "
                         "data.test_split to fraction")
     share = data.val_fraction / (data.train_fraction + data.val_fraction)
-    units = _enough_to_hold_out(images[~in_test].drop_duplicates("group"), ["validation"], share,
-                                within=" in the official train part")
+    units = _enough_to_hold_out(images.loc[~in_test, ["group", "label"]].drop_duplicates("group"),
+                                ["validation"], share, within=" in the official train part")
     _, val = train_test_split(units, test_size=share, stratify=units["label"],
                               random_state=data.seed)
     split = pd.Series("train", index=images.index)
