@@ -47,7 +47,8 @@ def child(engine: str, workers: int, folder: Path, work: Path) -> None:
     """Start the engine, then inspect every file of ``folder`` on it; print one JSON line."""
     from imgcls_utils.data.engine import Engine
     from imgcls_utils.data.manifest import Manifest
-    from imgcls_utils.data.scan import INSPECT_BATCH, Limits, _walk
+    from imgcls_utils.data.listing import list_files
+    from imgcls_utils.data.scan import INSPECT_BATCH, Limits
 
     started = time.perf_counter()
     if engine == "beam":
@@ -57,7 +58,7 @@ def child(engine: str, workers: int, folder: Path, work: Path) -> None:
         run = Engine(engine, workers).map
     run(_nothing, [0, 1], None)
     start_up = time.perf_counter() - started
-    candidates, _ = _walk(folder, False)
+    candidates, _ = list_files(folder, False)
     limits = Limits()
     manifest = Manifest(work / "images.manifest", limits.manifest_settings())
     manifest.start()

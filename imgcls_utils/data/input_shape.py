@@ -19,6 +19,7 @@ config and every prediction use.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -67,12 +68,19 @@ def _is_colourful(pixels: np.ndarray) -> bool:
     return float((spread > COLOUR_LEVELS).mean()) > COLOUR_PIXELS
 
 
-def resolve_input_shape(data: Section, folder: Path, images: pd.DataFrame) -> Section:
-    """``data`` with ``image_size`` and ``channels`` chosen from ``images`` (the usable images
-    of a scan of ``folder``) where they are ``auto``."""
+class ScannedImages(Protocol):
+    """What the choice reads of a scan (``scan.ScanResult``, which imports this module)."""
+
+    images: pd.DataFrame
+    has_colour: bool
+
+
+def resolve_input_shape(data: Section, scan: ScannedImages) -> Section:
+    """``data`` with ``image_size`` and ``channels`` chosen from the usable images of ``scan``
+    where they are ``auto``."""
     values = dict(data)
     if values["image_size"] == AUTO:
-        values["image_size"] = list(choose_image_size(images))
+        values["image_size"] = list(choose_image_size(scan.images))
     if values["channels"] == AUTO:
-        values["channels"] = 3 if has_colour(folder, images) else 1
+        values["channels"] = 3 if scan.has_colour else 1
     return Section("data", values)

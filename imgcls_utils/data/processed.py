@@ -130,7 +130,7 @@ def process_scan(scan: ScanResult, data: Section, processed_dir: Path,
     unless the processed folder already matches them; the shards are tasks on ``engine``. An
     ``auto`` image size or channel count is chosen from the scan's usable images
     (``input_shape``)."""
-    data = resolve_input_shape(data, scan.folder, scan.images)
+    data = resolve_input_shape(data, scan)
     classes, left_out = trainable_classes(scan, data)
     if left_out:  # a copy of a million rows only when some class is left out
         scan = replace(scan, images=scan.images[scan.images["label"].isin(classes)])
@@ -181,7 +181,7 @@ def current_variant(cfg: Config) -> Path:
     data = cfg.data
     if AUTO in (data.image_size, data.channels):
         scan = scan_source(cfg)
-        data = resolve_input_shape(data, scan.folder, scan.images)
+        data = resolve_input_shape(data, scan)
     source = resolve_source(cfg.data, cfg.path("raw_dir"))
     return processed_folder(source, cfg.path("processed_dir"), data)
 

@@ -9,9 +9,8 @@ can say which label is right and keeping either would teach the model a contradi
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import itertools
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,17 +24,16 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..config import Config, Section
-from ..errors import DataError
 from ..files import file_sha256, locked, staged, write_atomically
-from . import duplicates
+from . import duplicates, input_shape
 from .duplicates import CONFLICT
 from .engine import Engine, batches
-from .images import (DECODE_ERRORS, IMAGE_EXTENSIONS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS,
-                     decode_thumbnail, is_hidden, pixel_limit_checked_by_caller, too_many_pixels)
+from .images import (DECODE_ERRORS, PILLOW_PIXEL_LIMIT, SUPPORTED_FORMATS, decode_thumbnail,
+                     pixel_limit_checked_by_caller, too_many_pixels)
+from .listing import class_folders, list_files
 from .manifest import RECORD_COLUMNS, Inspected, Manifest
 from .memory import give_back_freed_memory, in_system_heap
-from .sources import (NO_PART, TEST_PART, TRAIN_PART, has_official_split, part_and_class,
-                      resolve_source, subfolders)
+from .sources import NO_PART, has_official_split, resolve_source
 
 # A thumbnail this size is plenty for a 64 x 64 pHash and decodes JPEGs at 1/8 scale.
 HASH_THUMBNAIL_SIDE = 128
@@ -46,7 +44,6 @@ SKIPPED_COLUMNS = ["path", "problem", "reason"]
 GROUPS_PREFIX = "groups-"
 DUPLICATES_FILE_SUFFIX = ".duplicates.csv"
 HASHED_ROWS = 10_000  # rows of the scan table hashed at a time for the groups' key
-WALK_CHUNK = 10_000  # files listed into the table at a time
 
 
 @dataclass
@@ -75,6 +72,12 @@ class ScanResult:
     @property
     def class_names(self) -> list[str]:
         return sorted(self.images["label"].unique())
+
+    @functools.cached_property
+    def has_colour(self) -> bool:
+        """Whether the usable images have colour (``input_shape.has_colour``): decoded once per
+        scan, however many steps resolve ``data.channels: auto`` from it."""
+        return input_shape.has_colour(self.folder, self.images)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def scan_image_folder(folder: Path, data: Section | None = None, manifest_dir: P
     folder = Path(folder)
     limits = Limits.from_config(data) if data is not None else Limits()
     official = has_official_split(folder)
-    candidates, skipped = _walk(folder, official)
+    candidates, skipped = list_files(folder, official)
     give_back_freed_memory()  # after each stage: see memory.py
     engine = (engine or Engine()).for_files(len(candidates))
     with _manifest_folder(manifest_dir) as where:  # a second scan of the folder waits
@@ -133,7 +136,7 @@ def scan_image_folder(folder: Path, data: Section | None = None, manifest_dir: P
     skipped += [_conflict_record(conflicting, row) for row in conflicting.itertuples()]
     images = images[~images["path"].isin(conflicting["path"])].reset_index(drop=True)
     skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).sort_values("path", ignore_index=True)
-    return ScanResult(folder, images, skipped, table, _class_folders(folder, official), official,
+    return ScanResult(folder, images, skipped, table, class_folders(folder, official), official,
                       listed, {**stats, "engine": engine.describe()})
 
 
@@ -158,69 +161,6 @@ def _manifest_folder(manifest_dir: Path | None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="imgcls-scan-") as temporary:
         yield Path(temporary) / "manifest"
-
-
-# ----------------------------------------------------------------------------- walk
-
-def _class_folders(folder: Path, official_split: bool) -> list[str]:
-    """The class folders: those at the top, or those in ``train/`` and ``test/``, pooled."""
-    if not official_split:
-        return subfolders(folder)
-    return sorted({*subfolders(folder / TRAIN_PART), *subfolders(folder / TEST_PART)})
-
-
-def _walk(folder: Path, official_split: bool) -> tuple[pd.DataFrame, list[dict]]:
-    """The files to inspect (path relative to ``folder``, size, modification time), and skip
-    records for files that cannot be images at all (outside a class folder, wrong extension,
-    symlinks not followed)."""
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder; expected <folder>/<class>/<image>")
-    skipped = []
-    listed = _listed_files(str(folder), "", folder.resolve(), official_split, skipped)
-    pieces = []  # a table per chunk of files: a million paths never sit in Python objects at once
-    while chunk := list(itertools.islice(listed, WALK_CHUNK)):
-        pieces.append(pd.DataFrame(chunk, columns=["path", "size", "mtime_ns"]).astype(
-            {"size": np.int64, "mtime_ns": np.int64}))
-    if not pieces:
-        return pd.DataFrame({"path": pd.Series([], dtype=str), "size": np.zeros(0, np.int64),
-                             "mtime_ns": np.zeros(0, np.int64)}), skipped
-    return pd.concat(pieces, ignore_index=True), skipped
-
-
-def _listed_files(directory: str, prefix: str, root: Path, official_split: bool,
-                  skipped: list[dict]) -> Iterator[tuple[str, int, int]]:
-    """Each candidate file under ``directory`` in name order, as (relative path, size,
-    modification time); the files that cannot be images go to ``skipped``."""
-    with os.scandir(directory) as scanned:
-        entries = sorted((e for e in scanned if not is_hidden(e.name)), key=lambda e: e.name)
-    for entry in entries:
-        relative = prefix + entry.name
-        if entry.is_dir(follow_symlinks=False):
-            yield from _listed_files(entry.path, relative + "/", root, official_split, skipped)
-        elif problem := _path_problem(entry, relative, root, official_split):
-            skipped.append({"path": relative, "problem": problem[0], "reason": problem[1]})
-        else:
-            stat = entry.stat()
-            yield relative, stat.st_size, stat.st_mtime_ns
-
-
-def _path_problem(entry: os.DirEntry, relative: str, root: Path,
-                  official_split: bool) -> tuple[str, str] | None:
-    """Why a file cannot be an image of the dataset, judged from its name and link alone."""
-    if entry.is_symlink():
-        target = Path(entry.path).resolve()
-        if not target.exists():
-            return "symlink", f"broken symlink -> {os.readlink(entry.path)}"
-        if not target.is_relative_to(root):
-            return "symlink", f"symlink to {target}, outside the source folder: not followed"
-        if target.is_dir():  # never followed: it could loop, or count images twice
-            return "symlink", f"symlinked folder -> {os.readlink(entry.path)}: not followed"
-    if not part_and_class(relative, official_split)[1]:
-        return "not in a class folder", "file outside the class folders: it has no label"
-    extension = os.path.splitext(entry.name)[1]
-    if extension.lower() not in IMAGE_EXTENSIONS:
-        return "unsupported format", f"unsupported extension {extension or '(none)'!r}"
-    return None
 
 
 # ----------------------------------------------------------------------------- inspect

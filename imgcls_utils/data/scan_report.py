@@ -56,7 +56,7 @@ def animated_images(scan: ScanResult) -> pd.DataFrame:
 def load_samples(scan: ScanResult, per_class: int, data: Section) -> tuple[np.ndarray, np.ndarray]:
     """The first ``per_class`` images of each class (by path), decoded as for training:
     ``(images, labels)`` with labels as indices into ``scan.class_names``."""
-    data = resolve_input_shape(data, scan.folder, scan.images)
+    data = resolve_input_shape(data, scan)
     rows = scan.images.sort_values("path").groupby("label", sort=True).head(per_class)
     rows = rows.sort_values(["label", "path"])
     images = [load_image(scan.folder / path, tuple(data.image_size), data.channels)
@@ -68,7 +68,7 @@ def load_samples(scan: ScanResult, per_class: int, data: Section) -> tuple[np.nd
 def pixel_statistics(scan: ScanResult, data: Section, max_images: int = 2000) -> pd.DataFrame:
     """Mean, standard deviation, min and max of pixel values per channel, after decoding as for
     training, over all images or a seeded sample of ``max_images``."""
-    data = resolve_input_shape(data, scan.folder, scan.images)
+    data = resolve_input_shape(data, scan)
     rows = scan.images
     if len(rows) > max_images:
         rows = rows.sample(max_images, random_state=data.seed)
