@@ -182,7 +182,7 @@ def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) ->
               "auto": f"imgcls, automatic precision ({auto})",
               "augmented": "imgcls, automatic precision and the default augmentation"}
     print(f"\n2. wrappers, images/s of training epochs 2-{epochs} ({count} Fashion-MNIST images, "
-          f"batch {cfg.train.batch_size}, {cfg.data.image_size[0]}x{cfg.data.image_size[1]}, "
+          f"batch {cfg.train.batch_size}, {'x'.join(map(str, arrays['train'][0].shape[1:]))}, "
           f"{rounds} runs each, validation included); median epoch, ratio | fastest epoch, ratio:")
     for name, label in labels.items():
         target = "   (target >= 0.95)" if name == "ours" else ""
@@ -237,8 +237,9 @@ def knobs(tmp: Path, rounds: int = 3, steps: int = 120) -> None:
             rates[name].append(step_rate(cfg, steps))
     median = {name: statistics.median(runs) for name, runs in rates.items()}
     cfg = project(tmp / "knobs")
-    print(f"\n3. speed knobs, images/s of the default CNN's training step ({cfg.data.image_size[0]}x"
-          f"{cfg.data.image_size[1]}x{cfg.data.channels}, batch {cfg.train.batch_size} unless "
+    shape = data_utils.process_data(cfg)  # processed already: its resolved input shape
+    print(f"\n3. speed knobs, images/s of the default CNN's training step ({shape.image_size[0]}x"
+          f"{shape.image_size[1]}x{shape.channels}, batch {cfg.train.batch_size} unless "
           f"named; data in memory; median of {rounds}), relative to float32 without XLA, "
           "steps_per_execution 1, non-deterministic ops:")
     for name in names:
