@@ -58,7 +58,8 @@ def train_from_the_shell(source, project) -> tuple[subprocess.CompletedProcess, 
     validation images a baseline can win by chance): the result and the model folder."""
     done, _ = imgcls("train", "--set", f"data.source={source}", "--set", "train.epochs=1",
                      "--set", "data.image_size=[16,16]", "--set", "train.verbose=0",
-                     "--set", "model.candidates=network", cwd=project)
+                     "--set", "train.min_steps_per_epoch=1", "--set", "model.candidates=network",
+                     cwd=project)
     assert done.returncode == 0, done.stderr
     return done, done.stdout.split("model folder: ")[1].split("\n")[0].strip()
 
