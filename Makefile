@@ -12,8 +12,10 @@ SYSTEM_PACKAGES := chromium chromium-driver nginx podman runc debootstrap promet
 demo: $(READY)  ## run the three notebooks on the embedded digits; print test accuracy
 	$(VENV)/bin/imgcls run
 
+# Two workers, each given whole test files (loadfile): a file's module fixtures (trained models,
+# servers, a Ray cluster) are made once, and nbval runs a notebook's cells in order in one kernel.
 test: $(READY) system-packages  ## unit tests and nbval notebook tests
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n 2 --dist loadfile
 
 lab: $(READY)   ## JupyterLab on the notebooks (JupyterLab refuses root without --allow-root)
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)

@@ -35,29 +35,49 @@ def live_server(export: Path, config: Path, log: Path, *set_options: str,
     """``imgcls serve export --config config --set ...`` until the block ends, once /healthz
     answers 200; its stderr (one JSON line per request) goes to ``log``. ``imgcls``: the
     command that runs imgcls (default: this project's, in this Python)."""
+    with live_servers(export, config, [log], *set_options, imgcls=imgcls, cwd=cwd,
+                      env=env) as [server]:
+        yield server
+
+
+@contextmanager
+def live_servers(export: Path, config: Path, logs: list[Path], *set_options: str,
+                 imgcls: tuple[str, ...] = (sys.executable, "-m", "imgcls_utils.cli"),
+                 cwd: Path = REPO_ROOT, env: dict | None = None) -> Iterator[list[LiveServer]]:
+    """``live_server``'s replicas of one export, a log each, all started before the first is
+    waited for: their start-ups (importing TensorFlow, loading the model) overlap."""
     command = [*imgcls, "serve", str(export), "--port", "0", "--grpc-port", "0", "--config",
                str(config)]
     for option in set_options:
         command += ["--set", option]
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   cwd=cwd, env=env)
+    processes = []
     try:
-        line = process.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+", line)
-        grpc = re.search(r"gRPC at (\S+)", line)
-        assert url and grpc, line + log.read_text()[-2000:]
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{url[0]}/healthz").status_code != 200:
-            assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.1)
-        yield LiveServer(url[0], process, log, grpc[1])
+        for log in logs:
+            with open(log, "w") as stderr:
+                processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr,
+                                                  text=True, cwd=cwd, env=env))
+        yield [answering(process, log) for process, log in zip(processes, logs)]
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def answering(process: subprocess.Popen, log: Path) -> LiveServer:
+    """The server ``process`` once it has printed its addresses and /healthz answers 200."""
+    line = process.stdout.readline()
+    url = re.search(r"http://127\.0\.0\.1:\d+", line)
+    grpc = re.search(r"gRPC at (\S+)", line)
+    assert url and grpc, line + log.read_text()[-2000:]
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url[0]}/healthz").status_code != 200:
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.1)
+    return LiveServer(url[0], process, log, grpc[1])
 
 
 @contextmanager
@@ -68,9 +88,8 @@ def two_replicas(served_model, folder: Path, env: dict | None = None) -> Iterato
     export = folder / "exports" / version.parent.name
     shutil.copytree(version, export / "1")
     config = cfg.root / CONFIG_RELATIVE_PATH
-    with live_server(export, config, folder / "a.log", env=env) as first, \
-            live_server(export, config, folder / "b.log", env=env) as second:
-        yield [server.url.removeprefix("http://") for server in (first, second)]
+    with live_servers(export, config, [folder / "a.log", folder / "b.log"], env=env) as servers:
+        yield [server.url.removeprefix("http://") for server in servers]
 
 
 def swap_under_load(url: str, folder: Path, name: str, ask, clients: int = 4) -> list[tuple]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -12,7 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tests.conftest import write_image
+
 CLASSES = ("cat", "dog", "fox")
+# The classes add_untrainable_classes adds that cannot be trained (lonely can: one image).
+UNTRAINABLE = ("copycat", "empty", "junk")
 
 
 def photo(seed: int, size=(96, 72), mode="RGB") -> Image.Image:
@@ -68,6 +73,19 @@ def tree_hashes(folder: Path) -> dict:
         elif path.is_file():
             hashes[path.relative_to(folder)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return hashes
+
+
+def add_untrainable_classes(class_folder: Path) -> Path:
+    """Next to ``class_folder``'s classes: an empty folder, a class whose only image is a copy
+    of a dog (excluded as conflicting), one of unreadable files, and one with a single image."""
+    (class_folder / "empty").mkdir()
+    (class_folder / "copycat").mkdir()
+    shutil.copy(class_folder / "dog" / "0.png", class_folder / "copycat" / "dog0.png")
+    (class_folder / "junk").mkdir()
+    (class_folder / "junk" / "x.png").write_text("not an image")
+    (class_folder / "junk" / "y.png").write_bytes(b"")
+    write_image(class_folder / "lonely" / "1.png", seed=777)
+    return class_folder
 
 
 def make_messy_folder(root: Path, outside: Path) -> dict[str, str]:

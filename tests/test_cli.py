@@ -1,9 +1,10 @@
+import json
 import subprocess
 import sys
 import time
 
 from tests.conftest import REPO_ROOT
-from tests.sample_files import make_messy_folder
+from tests.sample_files import UNTRAINABLE, add_untrainable_classes, make_messy_folder
 
 
 def imgcls(*args, cwd=REPO_ROOT, timeout=300):
@@ -58,23 +59,31 @@ def train_from_the_shell(source, project) -> tuple[subprocess.CompletedProcess, 
     validation images a baseline can win by chance): the result and the model folder."""
     done, _ = imgcls("train", "--set", f"data.source={source}", "--set", "train.epochs=1",
                      "--set", "data.image_size=[16,16]", "--set", "train.verbose=0",
-                     "--set", "model.candidates=network", cwd=project)
+                     "--set", "train.min_steps_per_epoch=1", "--set", "model.candidates=network",
+                     cwd=project)
     assert done.returncode == 0, done.stderr
     return done, done.stdout.split("model folder: ")[1].split("\n")[0].strip()
 
 
 def test_train_then_predict_from_the_shell(project, class_folder):
-    done, folder = train_from_the_shell(class_folder, project)
+    """On three good classes, one of a single image and three that cannot be trained (one
+    training serves test_trained_classes' check that a model says what it was trained without)."""
+    source = add_untrainable_classes(class_folder)
+    done, folder = train_from_the_shell(source, project)
     assert "test accuracy:" in done.stdout
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("network 0.") and " vs best classical baseline " in last, last
-    done, _ = imgcls("predict", folder, str(class_folder / "fox" / "3.png"), "--top-k", "2",
+    assert "imgcls warning: left out of training" in done.stderr
+    manifest = json.loads((project / folder / "manifest.json").read_text())
+    assert sorted(manifest["left_out_classes"]) == list(UNTRAINABLE)
+    done, _ = imgcls("predict", folder, str(source / "fox" / "3.png"), "--top-k", "2",
                      cwd=project)
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
-    assert line.startswith(str(class_folder / "fox" / "3.png") + ":")
+    assert line.startswith(str(source / "fox" / "3.png") + ":")
     assert len([g for g in line.split(": ", 1)[1].split(", ") if g.split()[0] in
-                {"cat", "dog", "fox"}]) == 2
+                {"cat", "dog", "fox", "lonely"}]) == 2
+    assert "note: the model was trained without class empty (empty folder)" in done.stderr
 
 
 def test_predict_on_a_non_model_folder_is_a_clear_error(tmp_path):

@@ -26,7 +26,8 @@ def test_scan_and_run_on_a_corpus_of_every_case(project, tmp_path):
         assert f"  {name}: {reason}" in section
 
     run, _ = imgcls("run", *settings, "--set", "train.epochs=1",
-                    "--set", "data.image_size=[16,16]", cwd=project)
+                    "--set", "train.min_steps_per_epoch=1", "--set", "data.image_size=[16,16]",
+                    cwd=project)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "\n    epoch 1/1 (train): loss " in run.stdout  # echoed from the training cell
     assert not [line for line in run.stderr.splitlines() if line.startswith("E0000")], run.stderr

@@ -26,7 +26,7 @@ from imgcls_utils.serving.deployment import (DEPLOYMENT_RELATIVE_PATH, DEPLOYMEN
                                              load_deployment, local_nginx, nginx_conf,
                                              nginx_executable, write_deployment)
 from tests.conftest import REPO_ROOT
-from tests.live_server import live_server
+from tests.live_server import live_servers
 
 SETTINGS_PATH = REPO_ROOT / DEPLOYMENT_RELATIVE_PATH
 DOCKERFILE = REPO_ROOT / "Model_Serving" / "Dockerfile"
@@ -285,8 +285,8 @@ def test_nginx_answers_every_request_while_a_replica_is_killed(served_model, tmp
     port = free_loopback_port()
     (tmp_path / "nginx").mkdir()
     options = settings.serve_options()
-    with live_server(export, config, tmp_path / "a.log", *options) as survivor, \
-            live_server(export, config, tmp_path / "b.log", *options) as victim:
+    with live_servers(export, config, [tmp_path / "a.log", tmp_path / "b.log"],
+                      *options) as (survivor, victim):
         upstreams = [server.url.removeprefix("http://") for server in (survivor, victim)]
         conf = nginx_conf(settings, upstreams, f"127.0.0.1:{port}")
         with local_nginx(conf, tmp_path / "nginx", port):

@@ -33,8 +33,8 @@ def exported(tmp_path_factory):
     """A small digits CNN trained, exported with its TensorFlow Lite variants and report."""
     root = project_root(tmp_path_factory.mktemp("project"))
     cfg = load_config(root / CONFIG_RELATIVE_PATH, overrides={
-        "data.image_size": [16, 16], "train.epochs": 4, "train.verbose": 0,
-        "train.classical_baselines": False})
+        "data.image_size": [16, 16], "train.epochs": 4, "train.min_steps_per_epoch": 1,
+        "train.verbose": 0, "train.classical_baselines": False})
     folder = model_utils.train(cfg).model_folder
     processed = data_utils.process_data(cfg)
     version = model_utils.export_model(folder, cfg.path("exports_dir"), processed)

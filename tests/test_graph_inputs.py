@@ -83,6 +83,7 @@ def test_unusual_images_through_the_notebook_predict_and_serve(project, tmp_path
     source = photos_source(tmp_path / "photos")
     config = project / "config" / "Hyperparameters.yaml"
     overrides = {"data.source": str(source), "data.test_split": "source", "train.epochs": 1,
+                 "train.min_steps_per_epoch": 1,
                  "data.image_size": [16, 16], "data.channels": 1, "train.classical_baselines": False}
     run = subprocess.run([sys.executable, "-m", "papermill", "--cwd", str(project), "--kernel",
                           "imgcls", str(REPO_ROOT / "notebooks" / "Model_Training.ipynb"),

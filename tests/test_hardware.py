@@ -86,7 +86,8 @@ def free_port() -> int:
 
 def test_two_workers_train_together_and_only_the_chief_saves(project, make_config, class_folder):
     settings = {"data.source": str(class_folder), "data.image_size": [16, 16],
-                "model.conv_filters": [8], "train.epochs": 2, "train.verbose": 0}
+                "model.conv_filters": [8], "train.epochs": 2, "train.min_steps_per_epoch": 1,
+                "train.verbose": 0}
     # Workers sharing a disk must find the data processed (see the README's multi-machine part).
     data_utils.process_data(make_config(**settings))
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}

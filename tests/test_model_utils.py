@@ -19,7 +19,7 @@ from tests.conftest import project_root, write_class_folder, write_image
 from tests.sample_files import write_png_claiming_size
 from tests.test_cli import imgcls
 from tests.test_data_utils import disk_full
-from tests.test_models import SMALL, TINY_TRANSFER
+from tests.test_models import SMALL
 
 RUN = {**SMALL, "train.epochs": 2, "train.verbose": 0}
 
@@ -141,14 +141,15 @@ def test_a_corrupt_model_file_with_a_matching_hash_is_still_a_clear_error(traine
         model_utils.load_model_folder(folder)
 
 
-def test_transfer_and_mlp_models_train_save_and_predict(make_config, class_folder):
-    for family in ({"model.family": "mlp"}, TINY_TRANSFER):
-        cfg = make_config(**{**RUN, **family, "train.epochs": 1, "data.source": str(class_folder)})
-        folder = model_utils.train(cfg).model_folder
-        model, class_names, config = model_utils.load_model_folder(folder)
-        [prediction] = model_utils.predict_files(model, class_names, config,
-                                                 [class_folder / "fox" / "3.png"], 3)
-        assert sorted(label for label, _ in prediction.top) == ["cat", "dog", "fox"]
+def test_an_mlp_model_trains_saves_and_predicts(make_config, class_folder):
+    """(The transfer family's model folder is trained, loaded and predicts in test_notebooks.)"""
+    cfg = make_config(**{**RUN, "model.family": "mlp", "train.epochs": 1,
+                         "data.source": str(class_folder)})
+    folder = model_utils.train(cfg).model_folder
+    model, class_names, config = model_utils.load_model_folder(folder)
+    [prediction] = model_utils.predict_files(model, class_names, config,
+                                             [class_folder / "fox" / "3.png"], 3)
+    assert sorted(label for label, _ in prediction.top) == ["cat", "dog", "fox"]
 
 
 def test_model_folder_names_never_collide(make_config):
@@ -287,9 +288,10 @@ def test_a_kill_while_saving_leaves_a_resumable_run_or_a_complete_folder(
 @pytest.mark.parametrize("family, epochs, floor", [("cnn", 8, 0.95), ("mlp", 15, 0.85)])
 def test_a_seeded_model_learns_the_digits_far_above_chance(make_config, family, epochs, floor):
     """Chance is 0.10: a model that stopped learning (a broken input pipeline, labels shuffled
-    against images, inference-mode statistics off) fails here."""
+    against images, inference-mode statistics off) fails here. An epoch is one pass over the
+    training digits (the floors hold with a margin: 0.985 and 0.941 when written)."""
     cfg = make_config(**{"data.image_size": [16, 16], "model.family": family,
-                         "train.epochs": epochs, "train.verbose": 0,
-                         "train.classical_baselines": False})
+                         "train.epochs": epochs, "train.min_steps_per_epoch": 1,
+                         "train.verbose": 0, "train.classical_baselines": False})
     metrics = model_utils.train(cfg).evaluation.metrics
     assert metrics["test_accuracy"] >= floor, metrics["confusion_matrix"]

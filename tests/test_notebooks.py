@@ -18,12 +18,13 @@ import pytest
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, Section
 from imgcls_utils.config_rules import NOTEBOOK_PARAMETERS
 from imgcls_utils.experiments.notebook_runs import kernel_name
-from imgcls_utils.model_utils import load_model_folder
+from imgcls_utils.model_utils import load_model_folder, predict_files
 from tests.conftest import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
+# An epoch is one pass over the digits' training split (the default 50 steps make it 2.5 passes).
 QUICK = {"data.image_size": [16, 16], "train.epochs": 1, "model.dense_units": 16,
-         "transfer.fine_tune_epochs": 1}
+         "transfer.fine_tune_epochs": 1, "train.min_steps_per_epoch": 1}
 
 
 def run_model_training(project: Path, output: Path, overrides: dict, model_dir: Path,
@@ -39,7 +40,8 @@ def run_model_training(project: Path, output: Path, overrides: dict, model_dir: 
 
 def test_the_notebook_and_the_command_line_train_the_same_model(project, tmp_path):
     run = {"data.image_size": [16, 16], "model.family": "mlp", "model.dense_units": 64,
-           "train.epochs": 4, "train.verbose": 2, "hardware.deterministic": True}
+           "train.epochs": 4, "train.min_steps_per_epoch": 1, "train.verbose": 2,
+           "hardware.deterministic": True}
     from_notebook = project / "Trained_Models" / "from_notebook"
     run_model_training(project, tmp_path / "run.ipynb", run, from_notebook)
     done = subprocess.run([sys.executable, "-m", "imgcls_utils.cli", "train",
@@ -71,6 +73,9 @@ def test_model_training_notebook_trains_a_transfer_model(project, tmp_path):
     model, class_names, config = load_model_folder(model_dir)
     assert config["model"]["family"] == "transfer" and class_names == [str(d) for d in range(10)]
     assert "backbone" in {layer.name for layer in model.layers}
+    three = next((project / "data" / "Raw_Data" / "digits" / "3").glob("*.png"))
+    [prediction] = predict_files(model, class_names, config, [three], 10)  # the loaded model
+    assert sorted(label for label, _ in prediction.top) == class_names
     assert json.loads((model_dir / "metrics.json").read_text())["test_images"] == 271
     executed = nbformat.read(output, as_version=4)
     text = "".join(out.get("text", "") for cell in executed.cells for out in cell.get("outputs", []))

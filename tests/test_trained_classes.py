@@ -1,26 +1,18 @@
 import json
-import shutil
 
 import pytest
 
 from imgcls_utils import data_utils
 from imgcls_utils.data_utils import DataError
 from tests.conftest import write_image
-from tests.test_cli import imgcls, train_from_the_shell
+from tests.sample_files import add_untrainable_classes
+from tests.test_cli import imgcls
 
 
 @pytest.fixture
 def corners(class_folder):
-    """The three good classes plus: an empty folder, a class whose only image is a copy of a
-    dog (excluded as conflicting), one of unreadable files, and one with a single image."""
-    (class_folder / "empty").mkdir()
-    shutil.copy(class_folder / "dog" / "0.png", (class_folder / "copycat").mkdir() or
-                class_folder / "copycat" / "dog0.png")
-    (class_folder / "junk").mkdir()
-    (class_folder / "junk" / "x.png").write_text("not an image")
-    (class_folder / "junk" / "y.png").write_bytes(b"")
-    write_image(class_folder / "lonely" / "1.png", seed=777)
-    return class_folder
+    """``add_untrainable_classes`` to the three good classes."""
+    return add_untrainable_classes(class_folder)
 
 
 def test_every_class_folder_gets_a_status_and_the_report_names_the_untrainable(corners,
@@ -101,12 +93,3 @@ def test_scan_reports_everything_and_fails_only_when_nothing_can_be_trained(corn
         f"imgcls: {single}: 1 class(es) can be trained (only); classification needs at least 2")
     assert "Traceback" not in done.stderr
 
-
-def test_a_model_trained_without_some_classes_says_so_when_it_predicts(corners, project):
-    done, folder = train_from_the_shell(corners, project)
-    assert "imgcls warning: left out of training" in done.stderr
-    manifest = json.loads((project / folder / "manifest.json").read_text())
-    assert sorted(manifest["left_out_classes"]) == ["copycat", "empty", "junk"]
-    done, _ = imgcls("predict", folder, str(corners / "cat" / "1.png"), cwd=project)
-    assert done.returncode == 0, done.stderr
-    assert "note: the model was trained without class empty (empty folder)" in done.stderr

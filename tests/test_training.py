@@ -164,6 +164,7 @@ def wait_until(condition, process, timeout: float = 120):
 def test_a_run_killed_mid_way_resumes_and_has_every_epoch_once(project, class_folder):
     options = [f"--set=data.source={class_folder}", "--set=data.image_size=[16,16]",
                "--set=model.conv_filters=[8]", "--set=train.epochs=12",
+               "--set=train.min_steps_per_epoch=10",
                "--set=train.early_stopping_patience=12", "--set=train.verbose=0"]
     command = [sys.executable, "-m", "imgcls_utils.cli", "train"]
     process = subprocess.Popen([*command, *options], cwd=project, stdout=subprocess.PIPE,
@@ -204,6 +205,7 @@ def test_resume_refuses_overrides_and_finished_runs(project):
 def test_runs_with_the_same_seed_and_deterministic_ops_train_identically(project, class_folder):
     options = ["--set", f"data.source={class_folder}", "--set", "data.image_size=[16,16]",
                "--set", "model.conv_filters=[8]", "--set", "train.epochs=3",
+               "--set", "train.min_steps_per_epoch=5",
                "--set", "hardware.deterministic=true", "--set", "train.verbose=0"]
     histories = []
     for _ in range(2):  # in fresh processes: op determinism cannot be switched off again
