@@ -76,7 +76,7 @@ def find_groups(images: pd.DataFrame, phash: np.ndarray, average: np.ndarray,
     # Identical files have identical hashes: only rows sharing a hash can share their bytes.
     sharing = np.flatnonzero(np.bincount(same_hash)[same_hash] > 1)
     identical = _first_of_same(pd.factorize(images["sha256"].iloc[sharing])[0])
-    links = [sharing[identical].reshape(-1, 2)]
+    links = [sharing[identical]]
     checked = 0
     if max_distance is not None:
         links.append(_first_of_same(same_hash))

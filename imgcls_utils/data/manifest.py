@@ -146,7 +146,9 @@ def _read_part(part: Path) -> pa.Table | None:
     try:
         with pa.OSFile(str(part)) as source:  # read, not mapped: the tables outlive the file
             table = pa.ipc.open_file(source).read_all()
-        return table if table.schema.equals(PART_SCHEMA) else None
+        intact = table.schema.equals(PART_SCHEMA) and not any(
+            table[column].null_count for column in HASH_COLUMNS)
+        return table if intact else None
     except (OSError, pa.ArrowException):
         return None
 
@@ -167,10 +169,8 @@ def _binary_column(rows: np.ndarray) -> pa.Array:
 
 def _binary_rows(column: pa.ChunkedArray, width: int) -> np.ndarray:
     """A fixed-size binary column back as a ``(rows, width)`` uint8 array."""
-    array = column.combine_chunks() if len(column) else pa.array([], pa.binary(width))
-    if array.type != pa.binary(width) or array.null_count:
-        raise ValueError(f"expected {width}-byte hashes")
-    data = np.frombuffer(array.buffers()[1], np.uint8) if len(array) else np.zeros(0, np.uint8)
+    array = column.combine_chunks()
+    data = np.frombuffer(array.buffers()[1], np.uint8)
     start = array.offset * width
     return data[start:start + len(array) * width].reshape(len(array), width).copy()
 
