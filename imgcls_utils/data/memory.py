@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import gc
 
 import pyarrow as pa
 
@@ -22,9 +21,10 @@ _MALLOC_TRIM = getattr(ctypes.CDLL(_LIBC), "malloc_trim", None) if _LIBC else No
 
 
 def give_back_freed_memory() -> None:
-    """Collect garbage, then ask Arrow's pool and the C library (glibc's ``malloc_trim``; other
-    C libraries have none) to return their free memory to the system."""
-    gc.collect()
+    """Ask Arrow's pool and the C library (glibc's ``malloc_trim``; other C libraries have none)
+    to return their free memory to the system. No ``gc.collect``: a full collection next to
+    TensorFlow's objects takes a noticeable pause, and it lowered the scan's peak by nothing
+    measurable (`bench/scale.py`)."""
     pa.default_memory_pool().release_unused()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
