@@ -74,10 +74,19 @@ def answering(process: subprocess.Popen, log: Path) -> LiveServer:
     grpc = re.search(r"gRPC at (\S+)", line)
     assert url and grpc, line + log.read_text()[-2000:]
     deadline = time.monotonic() + 60
-    while httpx.get(f"{url[0]}/healthz").status_code != 200:
+    while healthz_status(url[0]) != 200:
         assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-2000:]
         time.sleep(0.1)
     return LiveServer(url[0], process, log, grpc[1])
+
+
+def healthz_status(url: str) -> int | str:
+    """/healthz's status code, or the error of a server not answering (one that died: its log
+    then says why)."""
+    try:
+        return httpx.get(f"{url}/healthz").status_code
+    except httpx.TransportError as error:
+        return repr(error)
 
 
 @contextmanager

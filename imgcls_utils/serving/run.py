@@ -1,10 +1,11 @@
-"""Running the server: its sockets bound up front (a taken port is one clear error), one line
-saying what is served where, then uvicorn (with the gRPC server in its event loop) until
-interrupted."""
+"""Running the server: its sockets bound up front (a taken port is one clear error), uvicorn
+(with the gRPC server in its event loop) until interrupted, and one line saying what is served
+where once both listen."""
 
 from __future__ import annotations
 
 import socket
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from ..errors import UserError
@@ -30,15 +31,34 @@ def listening_socket(host: str, port: int, option: str = "--port (or serve.port)
     return sock
 
 
-def url_of(sock: socket.socket, scheme: str = "http://") -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{scheme}{f'[{host}]' if ':' in host else host}:{port}"
+def address(host: str, port: int) -> str:
+    return f"{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def free_grpc_port(host: str, port: int) -> socket.socket:
-    """A socket on the gRPC port, bound to check that it is free (and to pick one for port 0),
-    to be closed just before the gRPC server binds it (gRPC binds its own sockets)."""
-    return listening_socket(host, port, "--grpc-port (or serve.grpc_port)")
+def url_of(sock: socket.socket) -> str:
+    return "http://" + address(*sock.getsockname()[:2])
+
+
+def check_grpc_port(host: str, port: int) -> None:
+    """A taken gRPC port is one clear error before the model loads (gRPC binds its own
+    sockets, later). Port 0 is not probed: gRPC picks a free one as it binds, as a probed port
+    could be taken by another program before gRPC binds it."""
+    if port:
+        listening_socket(host, port, "--grpc-port (or serve.grpc_port)").close()
+
+
+def announce_once_listening(app, line) -> None:
+    """Make ``app``'s lifespan print ``line(app)`` once everything it starts (model, batcher,
+    gRPC server) is up: a client reading that line finds both APIs listening."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app):
+        async with inner(app):
+            print(line(app), flush=True)
+            yield
+
+    app.router.lifespan_context = lifespan
 
 
 def serve(target: Path, settings: ServeSettings) -> None:
@@ -50,17 +70,16 @@ def serve(target: Path, settings: ServeSettings) -> None:
     target = resolve_target(target, settings.exports_dir)
     app = create_app(target, settings)
     sock = listening_socket(settings.host, settings.port)
-    with free_grpc_port(settings.host, settings.grpc_port) as probe:
-        grpc_address = url_of(probe, scheme="")
-        grpc_port = probe.getsockname()[1]
-    serve_grpc_alongside(app, settings.host, grpc_port)
+    check_grpc_port(settings.host, settings.grpc_port)
+    serve_grpc_alongside(app, settings.host, settings.grpc_port)
     configure_logging()
     batching = (f"batches of up to {settings.max_batch_size}" if settings.batching
                 else "no batching")
-    print(f"serving {target.name} ({target.describe()}; {batching}) at {url_of(sock)}/v1/models/"
-          f"{target.name}:predict (TensorFlow Serving REST), POST /predict for uploads, "
-          f"/healthz, /metrics; gRPC at {grpc_address} (TensorFlow Serving's PredictionService "
-          "and ModelService)", flush=True)
+    announce_once_listening(app, lambda app: (
+        f"serving {target.name} ({target.describe()}; {batching}) at {url_of(sock)}/v1/models/"
+        f"{target.name}:predict (TensorFlow Serving REST), POST /predict for uploads, "
+        f"/healthz, /metrics; gRPC at {address(settings.host, app.state.grpc_port)} "
+        "(TensorFlow Serving's PredictionService and ModelService)"))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
