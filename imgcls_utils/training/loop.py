@@ -31,6 +31,10 @@ from .model_folders import TENSORBOARD_DIR
 from .models import has_frozen_backbone, unfreeze_top_layers
 from .progress import epoch_line
 
+# The share of batch-norm moving averages left from before an epoch above which they are
+# recomputed before its validation (``lagging_batch_norm_layers``).
+STALE_SHARE = 0.01
+
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite: the run is stopped and left unfinished."""
@@ -165,6 +169,15 @@ def updating_batch_norm_layers(model: keras.Model) -> list:
     return found
 
 
+def lagging_batch_norm_layers(model: keras.Model, steps_per_epoch: int) -> list:
+    """The updating batch-norm layers whose moving averages still hold more than ``STALE_SHARE``
+    of their value from before an epoch at its end (``momentum ** steps_per_epoch``): those
+    whose statistics lag the weights (Keras' momentum of 0.99 over 20 steps keeps 82%). With the
+    default 0.9 over at least 50 steps (0.5%) the averages follow the weights by themselves."""
+    return [layer for layer in updating_batch_norm_layers(model)
+            if layer.momentum ** steps_per_epoch > STALE_SHARE]
+
+
 class BatchNormStatistics:
     """Sets every updating batch-norm layer's moving mean and variance of ``model`` to the exact
     average over the batches of some images (what stochastic weight averaging does after
@@ -215,12 +228,13 @@ def refresh_batch_norm_statistics(model: keras.Model, images) -> int:
 
 class BatchNormRefresh(keras.callbacks.Callback):
     """Recompute the batch-norm statistics before every validation, so the validation metrics,
-    the checkpoints and the saved model all use statistics of the current weights.
+    the checkpoints and the saved model all use statistics of the current weights; used when
+    they lag (``lagging_batch_norm_layers``), as it costs about a fifth of an epoch.
 
-    Why: the exponential moving averages lag. On the 1,257 training digits (20 steps per epoch)
-    the moving variance of the first layer was 2-16 times the true one after two epochs, and the
-    model in inference mode predicted one class for every image (validation accuracy 0.10 while
-    training accuracy was 0.61)."""
+    Why: the exponential moving averages lag. On the 1,257 training digits (20 steps per epoch,
+    Keras' momentum of 0.99) the moving variance of the first layer was 2-16 times the true one
+    after two epochs, and the model in inference mode predicted one class for every image
+    (validation accuracy 0.10 while training accuracy was 0.61)."""
 
     def __init__(self, images):
         super().__init__()
@@ -237,24 +251,31 @@ class BatchNormRefresh(keras.callbacks.Callback):
 # ----------------------------------------------------------------------------- fit
 
 class StopOnNaN(keras.callbacks.Callback):
-    """Raise ``TrainingDiverged`` at the first NaN or infinite training loss, so the run ends as
-    failed (its ``.resumable`` folder stays unfinished) instead of saving a broken model."""
+    """Raise ``TrainingDiverged`` when an epoch's training loss is NaN or infinite (one such
+    step makes the epoch's mean so), before its checkpoint: the run ends as failed (its
+    ``.resumable`` folder stays unfinished) instead of saving a broken model. Checked per epoch,
+    not per step: a callback's batch hook makes Keras wait for every step's result before
+    starting the next (``bench/training.py --only wrappers``)."""
 
     def __init__(self, run_folder: Path):
         super().__init__()
         self.run_folder = run_folder
-        self.epoch = 0
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
+    def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingDiverged(
-                f"the training loss became {float(loss)} in epoch {self.epoch + 1}; the run "
+                f"the training loss became {float(loss)} in epoch {epoch + 1}; the run "
                 f"stopped unfinished in {self.run_folder}; start a new run with a lower "
                 "train.learning_rate (or check the data for broken images)")
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard's per-epoch logs (its default ``update_freq``), without its batch hook, which
+    writes nothing at that frequency but makes Keras wait for every step's result before
+    starting the next."""
+
+    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
 
 
 class EpochLines(keras.callbacks.Callback):
@@ -286,8 +307,8 @@ def training_callbacks(train: Section, run_folder: Path) -> list:
             min_lr=train.learning_rate / 1000))
     return schedule + [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=train.early_stopping_patience),
-        keras.callbacks.TensorBoard(log_dir=str(run_folder / TENSORBOARD_DIR), write_graph=False,
-                                    profile_batch=0),
+        EpochTensorBoard(log_dir=str(run_folder / TENSORBOARD_DIR), write_graph=False,
+                         profile_batch=0),
         StopOnNaN(run_folder),
     ]
 
@@ -331,8 +352,8 @@ def _fit_phase(model, datasets: dict, train: Section, phase: Phase, state: RunSt
     standard = training_callbacks(train, state.run_folder)
     first_epoch = state.phase(phase.name)["first_epoch"]
     # The checkpoint goes last: it saves what the others did in the epoch (counters, logs).
-    refresh = ([BatchNormRefresh(datasets[STATISTICS])]
-               if STATISTICS in datasets and updating_batch_norm_layers(model) else [])
+    refresh = ([BatchNormRefresh(datasets[STATISTICS])] if STATISTICS in datasets
+               and lagging_batch_norm_layers(model, int(datasets["train"].cardinality())) else [])
     callbacks = [*refresh, *standard, *extra_callbacks, RunCheckpoint(state, phase.name, standard)]
     model.fit(datasets["train"], validation_data=datasets["val"], initial_epoch=state.epochs_done(),
               epochs=first_epoch + phase.epochs, class_weight=class_weight, callbacks=callbacks,
