@@ -5,7 +5,8 @@
    spread), training wall time, time to 0.93 validation accuracy, images/s;
 2. wrappers: images/s of imgcls' training as ``imgcls train`` runs it (tf.data from the shards,
    callbacks, per-epoch checkpoints, TensorBoard) vs a plain Keras script (the same model
-   compiled with "adam", ``fit`` on NumPy arrays), same images, same batch size;
+   compiled with "adam", ``fit`` on NumPy arrays), same images, same batch size; and, as an
+   ablation, imgcls without its batch-norm refresh before each validation;
 3. knobs: images/s of the default CNN's training step with each speed knob (mixed precision,
    XLA, steps_per_execution, batch size, deterministic ops) relative to an explicit float32
    baseline, on data already in memory;
@@ -31,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from imgcls_utils import data_utils, model_utils  # noqa: E402
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
 from imgcls_utils.quiet_tensorflow import keras, tf  # noqa: E402
+from imgcls_utils.training import loop  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_DATA = {
@@ -166,11 +169,13 @@ def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) ->
     cfg = configs["ours"]
     arrays = {split: as_arrays(data_utils.make_dataset(data_utils.process_data(cfg), split, 256))
               for split in ("train", "val")}
-    times = {"plain": [], **{name: [] for name in configs}}
+    times = {"plain": [], **{name: [] for name in configs}, "no_refresh": []}
     for _ in range(rounds):  # interleaved, so drift in the machine's speed hits all alike
         times["plain"] += plain_keras_epochs(cfg, arrays)[1:]
         for name, config in configs.items():
             times[name] += imgcls_epochs(config)[1:]
+        with no_batch_norm_refresh():
+            times["no_refresh"] += imgcls_epochs(cfg)[1:]
     count = len(arrays["train"][1])
     # Epoch times on this shared 2-core machine vary by up to 2x from one epoch to the next;
     # the median of many epochs and the fastest epoch are the two robust figures.
@@ -180,7 +185,8 @@ def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) ->
     labels = {"plain": "plain Keras (compile('adam'), fit on NumPy arrays), float32",
               "ours": "imgcls train (tf.data, callbacks, checkpoints), float32",
               "auto": f"imgcls, automatic precision ({auto})",
-              "augmented": "imgcls, automatic precision and the default augmentation"}
+              "augmented": "imgcls, automatic precision and the default augmentation",
+              "no_refresh": "ablation: imgcls, float32, no batch-norm refresh"}
     print(f"\n2. wrappers, images/s of training epochs 2-{epochs} ({count} Fashion-MNIST images, "
           f"batch {cfg.train.batch_size}, {'x'.join(map(str, arrays['train'][0].shape[1:]))}, "
           f"{rounds} runs each, validation included); median epoch, ratio | fastest epoch, ratio:")
@@ -188,6 +194,18 @@ def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) ->
         target = "   (target >= 0.95)" if name == "ours" else ""
         print(f"   {label:<62} {rate[name]:6,.0f} x{rate[name] / rate['plain']:.2f} | "
               f"{best[name]:6,.0f} x{best[name] / best['plain']:.2f}{target}")
+
+
+@contextmanager
+def no_batch_norm_refresh():
+    """imgcls' training without its batch-norm statistics refresh before each validation: what
+    that refresh costs (it stays: skipping it cost the digits accuracy, see training/loop.py)."""
+    refresh = loop.BatchNormRefresh.on_test_begin
+    loop.BatchNormRefresh.on_test_begin = lambda self, logs=None: None
+    try:
+        yield
+    finally:
+        loop.BatchNormRefresh.on_test_begin = refresh
 
 
 def subset(target: Path, count: int) -> Path:

@@ -324,21 +324,9 @@ def test_frozen_batch_norm_layers_keep_their_statistics():
     assert np.all(np.asarray(model.get_layer("frozen").moving_mean) == 0)
 
 
-def test_statistics_are_refreshed_only_where_the_moving_averages_lag():
-    def layers(momentum, steps):
-        model = keras.Sequential([keras.Input((3,)),
-                                  keras.layers.BatchNormalization(momentum=momentum, name="bn")])
-        return [layer.name for layer in loop.lagging_batch_norm_layers(model, steps)]
-
-    assert layers(0.99, 20) == ["bn"]  # 82% of the averages from before the epoch
-    assert layers(0.9, 20) == ["bn"]  # 12%
-    assert layers(0.9, 50) == []  # the defaults: 0.5%
-
-
 def test_no_standard_callback_makes_keras_wait_for_each_step(make_config, tmp_path):
-    """A batch-end hook anywhere turns off Keras' asynchronous dispatch of the steps: with the
-    batch-norm refresh, imgcls' float32 epochs ran at x0.76 of a plain script's, x1.16 without
-    both (bench/training.py --only wrappers)."""
+    """A batch-end hook anywhere turns off Keras' asynchronous dispatch of the steps
+    (bench/training.py --only wrappers)."""
     for callback in loop.training_callbacks(make_config().train, tmp_path):
         assert getattr(callback.on_train_batch_end, "_is_default", False), callback
 
