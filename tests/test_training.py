@@ -324,13 +324,6 @@ def test_frozen_batch_norm_layers_keep_their_statistics():
     assert np.all(np.asarray(model.get_layer("frozen").moving_mean) == 0)
 
 
-def test_no_standard_callback_makes_keras_wait_for_each_step(make_config, tmp_path):
-    """A batch-end hook anywhere turns off Keras' asynchronous dispatch of the steps
-    (bench/training.py --only wrappers)."""
-    for callback in loop.training_callbacks(make_config().train, tmp_path):
-        assert getattr(callback.on_train_batch_end, "_is_default", False), callback
-
-
 def test_validation_accuracy_tracks_training_accuracy_from_the_first_epoch(make_config):
     """With moving averages alone (Keras' momentum of 0.99, 20-step epochs), validation accuracy
     was 0.100 (one class for every image) after each of the first two epochs, while training

@@ -240,31 +240,24 @@ class BatchNormRefresh(keras.callbacks.Callback):
 # ----------------------------------------------------------------------------- fit
 
 class StopOnNaN(keras.callbacks.Callback):
-    """Raise ``TrainingDiverged`` when an epoch's training loss is NaN or infinite (one such
-    step makes the epoch's mean so), before its checkpoint: the run ends as failed (its
-    ``.resumable`` folder stays unfinished) instead of saving a broken model. Checked per epoch,
-    not per step: a callback's batch hook makes Keras wait for every step's result before
-    starting the next (``bench/training.py --only wrappers``)."""
+    """Raise ``TrainingDiverged`` at the first NaN or infinite training loss, so the run ends as
+    failed (its ``.resumable`` folder stays unfinished) instead of saving a broken model."""
 
     def __init__(self, run_folder: Path):
         super().__init__()
         self.run_folder = run_folder
+        self.epoch = 0
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingDiverged(
-                f"the training loss became {float(loss)} in epoch {epoch + 1}; the run "
+                f"the training loss became {float(loss)} in epoch {self.epoch + 1}; the run "
                 f"stopped unfinished in {self.run_folder}; start a new run with a lower "
                 "train.learning_rate (or check the data for broken images)")
-
-
-class EpochTensorBoard(keras.callbacks.TensorBoard):
-    """TensorBoard's per-epoch logs (its default ``update_freq``), without its batch hook, which
-    writes nothing at that frequency but makes Keras wait for every step's result before
-    starting the next."""
-
-    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
 
 
 class EpochLines(keras.callbacks.Callback):
@@ -296,8 +289,8 @@ def training_callbacks(train: Section, run_folder: Path) -> list:
             min_lr=train.learning_rate / 1000))
     return schedule + [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=train.early_stopping_patience),
-        EpochTensorBoard(log_dir=str(run_folder / TENSORBOARD_DIR), write_graph=False,
-                         profile_batch=0),
+        keras.callbacks.TensorBoard(log_dir=str(run_folder / TENSORBOARD_DIR), write_graph=False,
+                                    profile_batch=0),
         StopOnNaN(run_folder),
     ]
 
