@@ -247,17 +247,18 @@ def imgcls_epochs(cfg) -> list[float]:
 # ----------------------------------------------------------------------------- 3. knobs
 
 def knobs(tmp: Path, rounds: int = 3, steps: int = 120) -> None:
+    cfg = project(tmp / "knobs")
+    processed = data_utils.process_data(cfg)  # the input shape the defaults resolve to
     names = ["float32", *KNOBS]
     rates = {name: [] for name in names}
     for _ in range(rounds):  # interleaved, so drift in the machine's speed hits all alike
         for name in names:
-            cfg = project(tmp / "knobs", **{**FLOAT32, **KNOBS.get(name, {})})
-            rates[name].append(step_rate(cfg, steps))
+            knob = project(tmp / "knobs", **{**input_shape_of(processed), **FLOAT32,
+                                             **KNOBS.get(name, {})})
+            rates[name].append(step_rate(knob, steps))
     median = {name: statistics.median(runs) for name, runs in rates.items()}
-    cfg = project(tmp / "knobs")
-    shape = data_utils.process_data(cfg)  # processed already: its resolved input shape
-    print(f"\n3. speed knobs, images/s of the default CNN's training step ({shape.image_size[0]}x"
-          f"{shape.image_size[1]}x{shape.channels}, batch {cfg.train.batch_size} unless "
+    print(f"\n3. speed knobs, images/s of the default CNN's training step ("
+          f"{'x'.join(map(str, processed.input_shape))}, batch {cfg.train.batch_size} unless "
           f"named; data in memory; median of {rounds}), relative to float32 without XLA, "
           "steps_per_execution 1, non-deterministic ops:")
     for name in names:
@@ -267,6 +268,12 @@ def knobs(tmp: Path, rounds: int = 3, steps: int = 120) -> None:
     cost = median["deterministic ops + bfloat16"] / median["mixed precision bfloat16"]
     print(f"   automatic choices here: {hardware.describe()}\n"
           f"   deterministic ops at bfloat16 vs bfloat16: x{cost:.2f}")
+
+
+def input_shape_of(processed) -> dict:
+    """The settings fixing the input shape ``processed`` resolved (``auto`` sizes and channels
+    chosen from the data): ``step_rate`` builds its model from the config alone."""
+    return {"data.image_size": list(processed.image_size), "data.channels": processed.channels}
 
 
 def step_rate(cfg, steps: int) -> float:
@@ -352,9 +359,8 @@ def epoch(tmp: Path, epochs: int = 6, steps: int = 100) -> None:
         started, count = time.perf_counter(), sum(1 for _ in dataset)
         print(f"   {name:<44} {1000 * (time.perf_counter() - started) / count:6.1f}")
     for deterministic in (True, False):
-        rate = step_rate(project(tmp / "epoch", **{
-            "hardware.deterministic": deterministic, "data.channels": run.processed.channels,
-            "data.image_size": list(run.processed.image_size)}), steps)
+        rate = step_rate(project(tmp / "epoch", **input_shape_of(run.processed),
+                                 **{"hardware.deterministic": deterministic}), steps)
         name = f"the step alone, {'deterministic' if deterministic else 'non-deterministic'} ops"
         print(f"   {name:<44} {1000 * cfg.train.batch_size / rate:6.1f}")
 
