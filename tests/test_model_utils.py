@@ -14,6 +14,7 @@ from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
 from imgcls_utils.data_utils import load_image
 from imgcls_utils.errors import UserError
 from imgcls_utils.model_utils import ModelFolderError
+from imgcls_utils.training import model_folders
 from imgcls_utils.training.model_folders import file_hashes, model_name
 from tests.conftest import project_root, write_class_folder, write_image
 from tests.sample_files import write_png_claiming_size
@@ -161,6 +162,27 @@ def test_model_folder_names_never_collide(make_config):
     taken.mkdir()
     with pytest.raises(ModelFolderError, match="already exists"):
         model_utils.new_run_folder(cfg, final=taken)
+    with pytest.raises(ModelFolderError, match="unfinished run already works in"):
+        model_utils.new_run_folder(cfg, final=second.with_name(second.name.removesuffix(
+            ".resumable")))
+
+
+def test_a_name_claimed_by_a_run_started_at_the_same_moment_is_skipped(make_config,
+                                                                       monkeypatch):
+    """Another process creates the folder between the name's check and its creation."""
+    cfg = make_config()
+    pick = model_folders.unused_model_folder_name
+
+    def raced(config):
+        name = pick(config)
+        model_folders.resumable_folder(name).mkdir(parents=True)  # the other run's
+        monkeypatch.setattr(model_folders, "unused_model_folder_name", pick)
+        return name
+
+    monkeypatch.setattr(model_folders, "unused_model_folder_name", raced)
+    run_folder = model_utils.new_run_folder(cfg)
+    assert run_folder.name.endswith("-2.resumable")
+    assert (run_folder / "checkpoints").is_dir() and (run_folder / "config.yaml").is_file()
 
 
 @pytest.mark.parametrize("settings, name", [

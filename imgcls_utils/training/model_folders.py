@@ -74,12 +74,23 @@ def unused_model_folder_name(cfg: Config) -> Path:
 
 def new_run_folder(cfg: Config, final: Path | None = None) -> Path:
     """Create the ``.resumable`` folder of a run whose model will be saved as ``final``,
-    holding the run's config from the start (``--resume`` trains with it)."""
-    final = Path(final) if final else unused_model_folder_name(cfg)
-    if final.exists():
-        raise ModelFolderError(f"model folder {final} already exists; choose another name")
-    run_folder = resumable_folder(final)
-    (run_folder / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=False)
+    holding the run's config from the start (``--resume`` trains with it). Without ``final``,
+    the name is claimed by creating the folder, so runs started in the same second (two
+    terminals, a shell loop) each get their own name instead of a crash."""
+    while True:
+        name = Path(final) if final else unused_model_folder_name(cfg)
+        if name.exists():
+            raise ModelFolderError(f"model folder {name} already exists; choose another name")
+        run_folder = resumable_folder(name)
+        try:
+            run_folder.mkdir(parents=True)
+            break
+        except FileExistsError:
+            if final:
+                raise ModelFolderError(
+                    f"an unfinished run already works in {run_folder}; resume it "
+                    "(imgcls train --resume) or choose another name") from None
+    (run_folder / CHECKPOINT_DIR).mkdir()
     cfg.save(run_folder / CONFIG_FILE)
     return run_folder
 
