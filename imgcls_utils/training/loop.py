@@ -220,10 +220,11 @@ class BatchNormRefresh(keras.callbacks.Callback):
     Why: the exponential moving averages lag. On the 1,257 training digits (20 steps per epoch,
     Keras' momentum of 0.99) the moving variance of the first layer was 2-16 times the true one
     after two epochs, and the model in inference mode predicted one class for every image
-    (validation accuracy 0.10 while training accuracy was 0.61). It costs about a fifth of an
-    epoch (``bench/training.py --only wrappers``), but skipping it where the default momentum of
-    0.9 turns the averages over within an epoch (0.9 ** 60 steps) cost accuracy: the digits'
-    seed 1 fell from 0.9889 to 0.9852 (16x16) and from 0.9963 to 0.9741 (32x32)."""
+    (validation accuracy 0.10 while training accuracy was 0.61). On up to ``STATISTICS_IMAGES``
+    images its cost is a few per cent of an epoch (``bench/training.py --only wrappers``);
+    skipping it where the default momentum of 0.9 turns the averages over within an epoch
+    (0.9 ** 60 steps) cost accuracy: the digits' seed 1 fell from 0.9889 to 0.9852 (16x16) and
+    from 0.9963 to 0.9741 (32x32)."""
 
     def __init__(self, images):
         super().__init__()
