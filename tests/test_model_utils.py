@@ -14,7 +14,6 @@ from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
 from imgcls_utils.data_utils import load_image
 from imgcls_utils.errors import UserError
 from imgcls_utils.model_utils import ModelFolderError
-from imgcls_utils.training import model_folders
 from imgcls_utils.training.model_folders import file_hashes, model_name
 from tests.conftest import project_root, write_class_folder, write_image
 from tests.sample_files import write_png_claiming_size
@@ -171,15 +170,16 @@ def test_a_name_claimed_by_a_run_started_at_the_same_moment_is_skipped(make_conf
                                                                        monkeypatch):
     """Another process creates the folder between the name's check and its creation."""
     cfg = make_config()
-    pick = model_folders.unused_model_folder_name
+    pick = model_utils.unused_model_folder_name
+    target = "imgcls_utils.training.model_folders.unused_model_folder_name"  # what it calls
 
     def raced(config):
         name = pick(config)
-        model_folders.resumable_folder(name).mkdir(parents=True)  # the other run's
-        monkeypatch.setattr(model_folders, "unused_model_folder_name", pick)
+        name.with_name(f"{name.name}.resumable").mkdir(parents=True)  # the other run's
+        monkeypatch.setattr(target, pick)
         return name
 
-    monkeypatch.setattr(model_folders, "unused_model_folder_name", raced)
+    monkeypatch.setattr(target, raced)
     run_folder = model_utils.new_run_folder(cfg)
     assert run_folder.name.endswith("-2.resumable")
     assert (run_folder / "checkpoints").is_dir() and (run_folder / "config.yaml").is_file()
