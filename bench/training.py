@@ -198,9 +198,8 @@ def wrappers(tmp: Path, images: int = 8000, epochs: int = 6, rounds: int = 3) ->
     print(f"\n2. wrappers, images/s of training epochs 2-{epochs} ({count} Fashion-MNIST images, "
           f"batch {cfg.train.batch_size}, {'x'.join(map(str, arrays['train'][0].shape[1:]))}, "
           f"{rounds} runs each, validation included); median epoch, ratio | fastest epoch, ratio:")
-    for name, label in labels.items():
-        if name not in times:
-            continue
+    for name in times:
+        label = labels[name]
         target = "   (target >= 0.95)" if name == "ours" else ""
         print(f"   {label:<62} {rate[name]:6,.0f} x{rate[name] / rate['plain']:.2f} | "
               f"{best[name]:6,.0f} x{best[name] / best['plain']:.2f}{target}")
