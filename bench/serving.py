@@ -309,12 +309,13 @@ def main() -> int:
         from imgcls_utils.serving.graph import ExportedGraph
 
         export, version, digit, body, path = served_export(args, Path(tmp))
-        request = grpc_request(version.name, digit.read_bytes())
+        image = digit.read_bytes()  # the file goes with the temporary folder
+        request = grpc_request(version.name, image)
         send = {"REST": lambda server, clients, n: load(server, path, body, clients, n),
                 "gRPC": lambda server, clients, n: grpc_load(server, request, clients, n)}
         logged = {"REST": path, "gRPC": "grpc_predict"}
         graph = ExportedGraph(version.folder)
-        pixels = graph.decode([digit.read_bytes()])
+        pixels = graph.decode([image])
         servers = {mode: Server(export, flags, Path(tmp) / f"{mode}.log")
                    for mode, flags in MODES.items()}
         if args.ablate_uvicorn_standard:
@@ -349,7 +350,7 @@ def main() -> int:
                 subprocess.run(["git", "worktree", "remove", "--force", str(Path(tmp) / "ref")],
                                cwd=REPO, capture_output=True)
     report(results, {batch: statistics.median(rates) for batch, rates in raw.items()},
-           version, args, digit)
+           version, args, len(image))
     failed = sum(len(run["failures"]) for runs in results.values() for run in runs)
     if failed:
         examples = {bytes(f) for runs in results.values() for run in runs
@@ -358,10 +359,10 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def report(results: dict, raw: dict, version, args, digit: Path) -> None:
+def report(results: dict, raw: dict, version, args, digit_bytes: int) -> None:
     height, width = version.info["image_size"]
     print(f"\nimgcls serve, {version.name} version {version.version} ({height}x{width}x"
-          f"{version.info['channels']} input); each request one {digit.stat().st_size}-byte "
+          f"{version.info['channels']} input); each request one {digit_bytes}-byte "
           "digit PNG: a TensorFlow Serving REST :predict (base64 JSON) or gRPC Predict (the "
           f"stock stub); {args.requests} requests per setting and round, {args.rounds} rounds "
           "(requests/s: median; latency: all requests)\n")
