@@ -480,6 +480,28 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(live, digits):
     assert requests[-1]["model"] == NAME and requests[-1]["images"] == 1
 
 
+def test_a_damaged_image_fails_only_its_own_request_in_a_batch(live, digits):
+    # The batcher decodes the images of all the requests it batches in one call: a damaged
+    # one must be its request's 400, naming it, while the others are answered as if alone.
+    url, _, _ = live
+    alone = httpx.post(f"{url}{PREDICT}", json={"instances": [b64(digits[2])]}).json()
+    damaged = [b64(digits[2]), b64(digits[1][:60])]
+    bodies = [{"instances": damaged if index % 6 == 0 else [b64(digits[2])]}
+              for index in range(96)]
+    calls_before, singles_before = batch_counts(url)
+    answers = concurrently(url, bodies, clients=16)
+    assert [answer.status_code for answer in answers] == [
+        400 if index % 6 == 0 else 200 for index in range(len(bodies))]
+    assert all(answer.json()["error"].startswith("instances[1]: cannot decode the image")
+               for answer in answers[::6])
+    for index, answer in enumerate(answers):
+        if index % 6:
+            np.testing.assert_allclose(answer.json()["predictions"][0]["probabilities"],
+                                       alone["predictions"][0]["probabilities"], atol=1e-5)
+    calls, singles = batch_counts(url)
+    assert calls - calls_before > singles - singles_before  # some calls held several images
+
+
 def test_a_new_version_is_swapped_in_while_requests_keep_succeeding(live, digits):
     url, folder, log = live
     statuses = []

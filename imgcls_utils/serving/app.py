@@ -6,9 +6,9 @@
 - ``operations``: ``/healthz`` and Prometheus' ``/metrics``.
 
 A request's path: its route takes the version it names from the manager (``acquire``, held until
-answered), is admitted by the batcher (``admit``: 429 when full), has its images checked from
-their headers and decoded as training decodes them (``classify_images``), and waits for its
-rows of a batched model call (``Batcher.classify``).
+answered), is admitted by the batcher (``admit``: 429 when full), and waits for its rows of a
+batched model call (``Batcher.classify_encoded``: its images checked from their headers and
+decoded as training decodes them, with the batch's others, by the batcher).
 """
 
 from __future__ import annotations
@@ -22,17 +22,13 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 
 from ..errors import UserError
-from .batching import Batcher, Ticket
-from .coalescing import coalescer_of
-from .graph_inputs import decode_as_training
+from .batching import Batcher
 from .middleware import LimitBody, Observe, RequireApiKey
 from .monitoring import Metrics
 from .prediction import top_k
@@ -124,27 +120,6 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     return json_response({"error": f"invalid request: {problems}"}, 400)
 
 
-# ----------------------------------------------------------------------------- images
-
-async def classify_images(request: Request, ticket: Ticket, version: ServedVersion,
-                          images: list[bytes], where) -> dict[str, np.ndarray]:
-    """Encoded images decoded as training decodes them, off the event loop, and classified in
-    the batcher's next model call; a bad one is a 400 naming it (``where(i)``)."""
-    pixels = await run_in_threadpool(decode_images, version, images, where)
-    return await request.app.state.batcher.classify(ticket, version, pixels)
-
-
-def decode_images(version: ServedVersion, images: list[bytes], where) -> np.ndarray:
-    """The images' pixels (``graph_inputs.decode_as_training``: the export's decoding, or
-    training's where the graph's differs); the first that cannot be decoded is a 400 naming
-    it and why (refused from its header, or damaged)."""
-    decoded = decode_as_training(images, coalescer_of(version), version.exported.info)
-    for index, pixels in enumerate(decoded):
-        if isinstance(pixels, str):
-            raise InvalidArgument(f"{where(index)}: {pixels}")
-    return np.stack(decoded)
-
-
 def _noted(request: Request, version: ServedVersion, images: int) -> None:
     """What the request's log line says it used."""
     request.scope["imgcls"].update(model=request.app.state.manager.name, version=version.number,
@@ -181,7 +156,8 @@ async def tensorflow_serving_api(request: Request):
         with request.app.state.batcher.admit(len(values)) as ticket:
             if signature.takes_images:
                 images = [decode_bytes(value, where(index)) for index, value in enumerate(values)]
-                outputs = await classify_images(request, ticket, version, images, where)
+                outputs = await request.app.state.batcher.classify_encoded(ticket, version,
+                                                                           images, where)
             else:
                 pixels = pixels_array(values, where, version.pixel_shape)
                 outputs = await request.app.state.batcher.classify(ticket, version, pixels)
@@ -214,8 +190,8 @@ async def upload(request: Request):
     with manager.acquire(ModelCall("predict", manager.name)) as version:
         _noted(request, version, 1)
         with request.app.state.batcher.admit(1) as ticket:
-            outputs = await classify_images(request, ticket, version, [data],
-                                            lambda index: f"file {filename!r}")
+            outputs = await request.app.state.batcher.classify_encoded(
+                ticket, version, [data], lambda index: f"file {filename!r}")
     probabilities = outputs["probabilities"][0]
     return json_response({"model": manager.name, "version": version.number, "predictions": [
         {"label": version.class_names[index], "probability": float32_value(probabilities[index])}

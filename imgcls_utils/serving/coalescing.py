@@ -1,8 +1,10 @@
 """Concurrent decodings of one version merged into one call of its decoding graph.
 
-Each request's images are decoded off the event loop, in a worker thread of their own, and a
-call of the export's decoding graph has a fixed cost, more than decoding a small image takes:
-under load, decoding was the largest part of a request's CPU (``bench/profile_serving.py``).
+Without batching (``serve.max_batch_size: 1``; with it, the batcher decodes each batch in one
+call), each request's images are decoded off the event loop, in a worker thread of their own,
+and a call of the export's decoding graph has a fixed cost, more than decoding a small image
+takes: under load, decoding was the largest part of a request's CPU
+(``bench/profile_serving.py``).
 ``Coalescer`` lets one caller decode, in one call, the images of every caller waiting
 meanwhile, and hands each its own rows back; the graph decodes each image on its own
 (``tf.map_fn``), so the pixels are those of separate calls. When the merged call fails

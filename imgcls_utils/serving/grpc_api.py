@@ -24,10 +24,8 @@ from contextlib import asynccontextmanager
 
 import grpc
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from .app import decode_images
 from .monitoring import LOGGER, now
 from .rest_api import ApiError, InvalidArgument, ModelCall
 
@@ -168,10 +166,10 @@ class PredictionService(Servicer, prediction_service_pb2_grpc.PredictionServiceS
             note["images"] = len(values)
             with self.batcher.admit(len(values)) as ticket:
                 if signature.takes_images:
-                    values = await run_in_threadpool(
-                        decode_images, version, values,
-                        lambda index: f"{signature.input_name}[{index}]")
-                outputs = await self.batcher.classify(ticket, version, values)
+                    outputs = await self.batcher.classify_encoded(
+                        ticket, version, values, lambda index: f"{signature.input_name}[{index}]")
+                else:
+                    outputs = await self.batcher.classify(ticket, version, values)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = self.manager.name
         response.model_spec.version.value = version.number
