@@ -52,6 +52,15 @@ EVENT_LOOP_PARTS = [
 ]
 THREAD_PARTS = {"MainThread": "event loop", "imgcls-batcher": "model calls (batcher thread)",
                 "AnyIO worker thread": "decoding (worker threads)"}
+# The batcher decodes the batch's encoded images before its model call: those samples are
+# decoding's.
+BATCHER_DECODING = r"^_decoded \(.*serving/batching\.py"
+
+
+def thread_part(name: str, frames: list[str]) -> str:
+    if name == "imgcls-batcher" and any(re.search(BATCHER_DECODING, frame) for frame in frames):
+        return "decoding (batcher thread)"
+    return THREAD_PARTS[name]
 
 
 def part_of(frames: list[str]) -> str:
@@ -88,7 +97,7 @@ def profile(server: Server, path: str, body: bytes, clients: int, requests: int,
             samples["event loop", part_of(frames)] += int(count)
         elif name in THREAD_PARTS and frames and not re.search(r"threading\.py|wait \(",
                                                                   frames[-1]):
-            samples[THREAD_PARTS[name], ""] += int(count)
+            samples[thread_part(name, frames), ""] += int(count)
     # the event loop's samples, idle included, span py-spy's whole recording: ~1 s before and
     # 0.2 s after the load, so the interval is measured, not assumed
     interval = (seconds + 1.2) / ticks if ticks else 1 / RATE
@@ -107,6 +116,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imgcls-profile-") as tmp:
         export, version, digit, body, path = served_export(args, Path(tmp))
+        digit_bytes = digit.stat().st_size  # the file goes with the temporary folder
         server = Server(export, args.flags.split(), Path(tmp) / "server.log")
         try:
             load(server, path, body, 8, 200)  # warm
@@ -116,7 +126,7 @@ def main() -> int:
         finally:
             server.stop()
     print(f"\nimgcls serve {args.flags or '(batching)'}: CPU ms per REST :predict request of one "
-          f"{digit.stat().st_size}-byte PNG, by py-spy ({RATE}/s asked), {args.requests} "
+          f"{digit_bytes}-byte PNG, by py-spy ({RATE}/s asked), {args.requests} "
           "requests per client count\n")
     rows = sorted({key for samples, _, _ in results.values() for key in samples},
                   key=lambda key: (key[0] != "event loop", key))
