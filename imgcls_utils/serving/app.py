@@ -128,7 +128,6 @@ def _noted(request: Request, version: ServedVersion, images: int) -> None:
 
 # ----------------------------------------------------------------------------- TF Serving REST
 
-@tensorflow_serving.api_route("/v1/{rest:path}", methods=["GET", "POST"])
 async def tensorflow_serving_api(request: Request):
     manager = request.app.state.manager
     call = parse_path(request.method, request.url.path)
@@ -162,6 +161,11 @@ async def tensorflow_serving_api(request: Request):
                 pixels = pixels_array(values, where, version.pixel_shape)
                 outputs = await request.app.state.batcher.classify(ticket, version, pixels)
     return json_response(predict_response(outputs, request_inputs.row))
+
+
+# A plain Starlette route: the endpoint reads its request itself, so FastAPI's parameter and
+# dependency handling would only cost time on every call.
+tensorflow_serving.add_route("/v1/{rest:path}", tensorflow_serving_api, methods=["GET", "POST"])
 
 
 # ----------------------------------------------------------------------------- uploads and page
