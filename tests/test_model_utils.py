@@ -14,7 +14,7 @@ from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
 from imgcls_utils.data_utils import load_image
 from imgcls_utils.errors import UserError
 from imgcls_utils.model_utils import ModelFolderError
-from imgcls_utils.training.model_folders import file_hashes, model_name
+from imgcls_utils.training.model_folders import file_hashes, model_name, resumable_folder
 from tests.conftest import project_root, write_class_folder, write_image
 from tests.sample_files import write_png_claiming_size
 from tests.test_cli import imgcls
@@ -175,7 +175,7 @@ def test_a_name_claimed_by_a_run_started_at_the_same_moment_is_skipped(make_conf
 
     def raced(config):
         name = pick(config)
-        name.with_name(f"{name.name}.resumable").mkdir(parents=True)  # the other run's
+        resumable_folder(name).mkdir(parents=True)  # the other run's
         monkeypatch.setattr(target, pick)
         return name
 
