@@ -77,9 +77,9 @@ def floor_app(batcher: FloorBatcher):
 def main(version_folder: str, digit: str) -> None:
     graph = ExportedGraph(Path(version_folder))
     pixels = graph.decode([Path(digit).read_bytes()])
-    batcher = FloorBatcher(graph, pixels)
     for size in range(1, MAX_BATCH + 1):  # every batch size traced before the first request
         graph.classify_pixels(pixels.repeat(size, axis=0))
+    batcher = FloorBatcher(graph, pixels)
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
     listening.listen(128)
