@@ -11,7 +11,9 @@ from sklearn.svm import SVC
 from imgcls_utils import model_utils
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config
 from imgcls_utils.serving.prediction import predict_files_with_export
-from imgcls_utils.training.baselines import predict_classes
+from imgcls_utils.evaluation.calibration import negative_log_likelihood
+from imgcls_utils.training.baselines import (MAX_ITERATIONS, comparison_line, predict_classes,
+                                              split_pixels)
 from imgcls_utils.training.classical_models import classical_keras_model
 from imgcls_utils.training.models import output_layer
 from tests.conftest import project_root
@@ -57,12 +59,34 @@ def test_a_baseline_better_on_validation_is_kept_and_says_so(svm_kept):
     kept = metrics["kept"]
     assert kept["model"] in ("rbf_svm", "logistic_regression")
     assert kept["val_macro_f1"][kept["model"]] > 0.9 > kept["val_macro_f1"]["network"]
-    # The kept model's test figures are the baseline's own, and the network's are kept too.
+    assert kept["network"]["test_accuracy"] < 0.5  # the network's own figures are kept too
+    table = model_utils.comparison_table(metrics)
+    assert table.index.tolist()[:2] == [f"kept: {kept['model']}", "network"]
+    assert table.loc[f"kept: {kept['model']}", "train_images"] == kept["refit_images"] > \
+        table.loc[kept["model"], "train_images"]
+    assert f"refit on {kept['refit_images']} training and validation images" in \
+        comparison_line(metrics)
+
+
+def test_a_kept_baseline_is_refit_on_training_and_validation(svm_kept):
+    """Its test figures are those of the baseline (its C) fitted on both splits; the temperature
+    is fitted on the validation answers of the baseline fitted on training alone, which the
+    refit model would answer from memory."""
+    cfg, run = svm_kept
+    metrics, processed = run.evaluation.metrics, run.processed
+    name = metrics["kept"]["model"]
+    make = {"rbf_svm": lambda: SVC(C=metrics["baselines"][name]["C"]),
+            "logistic_regression": lambda: LogisticRegression(max_iter=MAX_ITERATIONS)}[name]
+    train, val, test = (split_pixels(processed, split, 10**6) for split in ("train", "val", "test"))
+    both = make().fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    assert metrics["kept"]["refit_images"] == len(train[1]) + len(val[1])
     assert metrics["test_accuracy"] == pytest.approx(
-        metrics["baselines"][kept["model"]]["test_accuracy"])
-    assert kept["network"]["test_accuracy"] < 0.5
-    line = model_utils.comparison_table(metrics).index.tolist()
-    assert line[:2] == [f"kept: {kept['model']}", "network"]
+        (predict_classes(both, test[0]) == test[1]).mean())
+    alone = classical_keras_model(make().fit(*train), processed.input_shape,
+                                  len(processed.class_names))
+    assert run.evaluation.calibration["val_nll_before"] == pytest.approx(negative_log_likelihood(
+        val[1], alone.predict_on_batch(val[0].reshape(-1, *processed.input_shape) * 255)),
+        rel=1e-4)
 
 
 def test_a_kept_baseline_loads_predicts_and_exports_like_a_network(svm_kept, tmp_path):

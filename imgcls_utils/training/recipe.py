@@ -35,7 +35,7 @@ from ..evaluation.calibration import apply_temperature, calibration_metrics, cal
 from ..evaluation.metrics import classification_metrics, labels_and_probabilities, macro_f1
 from ..evaluation.plots import plot_confusion_matrix, plot_reliability_diagram, plot_training_curves
 from ..quiet_tensorflow import keras
-from .baselines import fit_baseline_models
+from .baselines import fit_baseline_models, refit_with_validation
 from .classical_models import classical_keras_model
 from .checkpoints import run_identity
 from .hardware import choose_hardware
@@ -150,6 +150,7 @@ class TrainingRun:
         ``model.candidates: network_and_classical`` a baseline better than the network on the
         validation split replaces it (``keep_best_candidate``)."""
         fitted = fit_baseline_models(self.processed) if self.cfg.train.classical_baselines else {}
+        network = self.model
         kept = self.keep_best_candidate(fitted) if fitted else None
         test = labels_and_probabilities(self.model, self.datasets["test"])
         metrics = classification_metrics(*test, self.processed.class_names)
@@ -157,7 +158,11 @@ class TrainingRun:
         metrics["training_seconds"] = round(self.training_seconds, 1)
         calibration = None
         if self.cfg.train.calibration == "temperature":
-            val = labels_and_probabilities(self.model, self.datasets["val"])
+            # fitted on the model validation chose, before any refit: a baseline refit on the
+            # validation images would answer them from memory
+            chosen = (network if not kept or kept["model"] == "network"
+                      else self.keras_form(fitted[kept["model"]][1]))
+            val = labels_and_probabilities(chosen, self.datasets["val"])
             calibration = calibration_report(val, test)
         metrics.update(calibration_metrics(test, calibration))
         if fitted:
@@ -169,9 +174,10 @@ class TrainingRun:
 
     def keep_best_candidate(self, fitted: dict) -> dict | None:
         """With ``model.candidates: network_and_classical``, the classical baseline whose
-        validation macro F1 beats the network's becomes the run's model (in its Keras form, which
-        saves, predicts, exports and serves like the network); the network's own test figures
-        are kept in the metrics. Returns what was kept and why, or None when nothing was
+        validation macro F1 beats the network's becomes the run's model, refit on the training
+        and validation images (``refit_with_validation``), in its Keras form, which saves,
+        predicts, exports and serves like the network; the network's own test figures are kept
+        in the metrics. Returns what was kept and why, or None when nothing was
         compared (no validation images, or ``network`` only)."""
         if self.cfg.model.candidates != "network_and_classical" or not self.processed.count("val"):
             return None
@@ -184,10 +190,16 @@ class TrainingRun:
             network = classification_metrics(*labels_and_probabilities(
                 self.model, self.datasets["test"]), self.processed.class_names)
             kept["network"] = {key: network[key] for key in ("test_accuracy", "macro_f1")}
-            self.model = compile_model(classical_keras_model(
-                fitted[best][1], self.processed.input_shape, len(self.processed.class_names)),
-                self.cfg.train, steps_per_epoch=1)  # never trained: compiled to save like any
+            refit, kept["refit_images"] = refit_with_validation(fitted[best][1], self.processed)
+            self.model = self.keras_form(refit)
         return kept
+
+    def keras_form(self, fitted) -> keras.Model:
+        """A fitted baseline as a compiled Keras model of this run's images (never trained:
+        compiled to save like any)."""
+        return compile_model(classical_keras_model(fitted, self.processed.input_shape,
+                                                   len(self.processed.class_names)),
+                             self.cfg.train, steps_per_epoch=1)
 
     def save(self) -> Path:
         """Write the model folder (model, class names, config, history, metrics, calibration,
