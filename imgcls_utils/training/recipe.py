@@ -17,10 +17,12 @@ other workers work and save in a private temporary folder.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,7 +153,10 @@ class TrainingRun:
         validation split replaces it (``keep_best_candidate``)."""
         fitted = fit_baseline_models(self.processed) if self.cfg.train.classical_baselines else {}
         network = self.model
-        kept = self.keep_best_candidate(fitted) if fitted else None
+        # predicted once for both the choice of the kept model and the calibration
+        network_val = functools.cache(
+            lambda: labels_and_probabilities(network, self.datasets["val"]))
+        kept = self.keep_best_candidate(fitted, network_val) if fitted else None
         test = labels_and_probabilities(self.model, self.datasets["test"])
         metrics = classification_metrics(*test, self.processed.class_names)
         metrics["parameters"] = count_parameters(self.model)["total"]
@@ -160,9 +165,9 @@ class TrainingRun:
         if self.cfg.train.calibration == "temperature":
             # fitted on the model validation chose, before any refit: a baseline refit on the
             # validation images would answer them from memory
-            chosen = (network if not kept or kept["model"] == "network"
-                      else self.keras_form(fitted[kept["model"]][1]))
-            val = labels_and_probabilities(chosen, self.datasets["val"])
+            val = (network_val() if not kept or kept["model"] == "network" else
+                   labels_and_probabilities(self.keras_form(fitted[kept["model"]][1]),
+                                            self.datasets["val"]))
             calibration = calibration_report(val, test)
         metrics.update(calibration_metrics(test, calibration))
         if fitted:
@@ -172,16 +177,18 @@ class TrainingRun:
         self.evaluation = Evaluation(*test, metrics, calibration)
         return self.evaluation
 
-    def keep_best_candidate(self, fitted: dict) -> dict | None:
+    def keep_best_candidate(self, fitted: dict,
+                            network_val: Callable[[], tuple]) -> dict | None:
         """With ``model.candidates: network_and_classical``, the classical baseline whose
         validation macro F1 beats the network's becomes the run's model, refit on the training
         and validation images (``refit_with_validation``), in its Keras form, which saves,
         predicts, exports and serves like the network; the network's own test figures are kept
-        in the metrics. Returns what was kept and why, or None when nothing was
-        compared (no validation images, or ``network`` only)."""
+        in the metrics. ``network_val()``: the network's ``(labels, probabilities)`` on the
+        validation split. Returns what was kept and why, or None when nothing was compared (no
+        validation images, or ``network`` only)."""
         if self.cfg.model.candidates != "network_and_classical" or not self.processed.count("val"):
             return None
-        labels, probabilities = labels_and_probabilities(self.model, self.datasets["val"])
+        labels, probabilities = network_val()
         scores = {"network": macro_f1(labels, probabilities.argmax(axis=1)),
                   **{name: results["val_macro_f1"] for name, (results, _) in fitted.items()}}
         best = max(scores, key=lambda name: (scores[name], name == "network"))
