@@ -77,16 +77,18 @@ def train(folder: Path, refit: bool = False, **overrides) -> dict:
     run = model_utils.train(project(folder, **overrides))
     metrics = {**run.evaluation.metrics, "seconds": time.perf_counter() - started,
                "epochs": len(run.history)}
-    return {**metrics, "refit_baselines": refit_baselines(run.processed)} if refit else metrics
+    return ({**metrics, "refit_baselines": refit_baselines(run.processed, metrics["baselines"])}
+            if refit else metrics)
 
 
-def refit_baselines(processed) -> dict[str, float]:
+def refit_baselines(processed, fitted: dict) -> dict[str, float]:
     """Each baseline's test macro F1 when it too is refit on the training and validation
-    images as a kept one is: the like-for-like competitor of a kept baseline."""
+    images as a kept one is, with the C the run chose (``fitted``: the run's baseline results):
+    the like-for-like competitor of a kept baseline."""
     test = baselines.split_pixels(processed, "test", baselines.MAX_EVALUATED_IMAGES)
     return {name: macro_f1(test[1], baselines.predict_classes(
-        baselines.refit_with_validation(model, processed)[0], test[0]))
-        for name, (_, model) in baselines.fit_baseline_models(processed).items()}
+        baselines.refit_with_validation(make(fitted[name]["C"]), processed)[0], test[0]))
+        for name, (make, _) in baselines.BASELINES.items()}
 
 
 def row(seed: int, metrics: dict) -> str:
