@@ -5,8 +5,8 @@ files, same preprocessing, measured in this run.
     .venv/bin/python bench/prediction.py            # about 1 minute on 2 CPU cores
 
 The JPEGs (3,000, mixed sizes) are generated in a temporary folder deleted at the end; the
-model is the default config's (the CNN at 32x32x1, at the precision training would choose
-here; its weights do not change its speed).
+model is the default config's (the CNN at the input shape ``auto`` chooses from these JPEGs, at
+the precision training would choose here; its weights do not change its speed).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from data_pipeline import CLASSES, generate  # noqa: E402
 
 from imgcls_utils import data_utils, model_utils  # noqa: E402
 from imgcls_utils.config import CONFIG_RELATIVE_PATH, load_config  # noqa: E402
+from imgcls_utils.data.input_shape import resolve_input_shape  # noqa: E402
 from imgcls_utils.serving.prediction import top_k  # noqa: E402
 
 IMAGES = 3000
@@ -51,10 +52,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as tmp:
         folder = generate(Path(tmp) / "images", IMAGES)
         cfg = load_config(REPO / CONFIG_RELATIVE_PATH)
-        shape = (*cfg.data.image_size, cfg.data.channels)
+        data = resolve_input_shape(cfg.data, data_utils.scan_image_folder(folder, cfg.data))
+        shape = (*data.image_size, data.channels)
         with model_utils.choose_hardware(cfg.hardware).scope():  # as training builds it
             model = model_utils.build_model(cfg.model, cfg.transfer, shape, len(CLASSES))
-        settings, names = cfg.to_dict(), list(CLASSES)
+        settings, names = {**cfg.to_dict(), "data": dict(data)}, list(CLASSES)
         files = sorted(folder.rglob("*.jpg"))
         ways = {BASELINE: lambda f: one_at_a_time(model, names, settings, f),
                 "imgcls predict_files": lambda f: model_utils.predict_files(
