@@ -1,7 +1,7 @@
 """Near-duplicate benchmark: how far apart copies and distinct images are, by the two measures
 the scan uses (``imgcls_utils.data.duplicates``), measured in this run:
 
-- the 256-bit perceptual hash (bits apart; ``data.near_duplicate_distance``, 12 by default);
+- the 256-bit perceptual hash (bits apart; ``data.near_duplicate_distance``, 16 by default);
 - for small images, the mean absolute difference of the 8 x 8 averages (gray levels of 255;
   ``SMALL_IMAGE_DIFFERENCE``).
 

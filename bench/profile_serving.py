@@ -4,7 +4,7 @@ event loop, the decoding threads, the batcher's model calls) and, on the event l
 the innermost recognised frame is doing (HTTP, routing, JSON, base64, logging and metrics...).
 
     .venv/bin/pip install py-spy   # a profiler, not a dependency of the project
-    .venv/bin/python bench/profile_serving.py                      # trains its model first
+    .venv/bin/python bench/profile_serving.py             # trains its model first; ~2 minutes
     .venv/bin/python bench/profile_serving.py exports/digits_cnn   # an existing export
 
 Prints, for each client count, the CPU milliseconds per request of each part (samples x the

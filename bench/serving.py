@@ -2,7 +2,7 @@
 and gRPC APIs, with dynamic batching against without (``serve.max_batch_size`` 1), for 1, 8 and
 32 concurrent clients, next to the model's own speed.
 
-    .venv/bin/python bench/serving.py                      # trains its model first; ~5 minutes
+    .venv/bin/python bench/serving.py                      # trains its model first; ~8 minutes
     .venv/bin/python bench/serving.py exports/digits_cnn   # an existing export
 
 Both servers are real ``imgcls serve`` processes (uvicorn and the gRPC server on free loopback
