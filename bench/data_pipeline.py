@@ -20,7 +20,7 @@
 4. scan: files/s of the scan (header checks, decode at thumbnail size, content and perceptual
    hashes), first and with its cache.
 
-    .venv/bin/python bench/data_pipeline.py                # about 4 minutes on 2 CPU cores
+    .venv/bin/python bench/data_pipeline.py                # about 8 minutes on 2 CPU cores
     .venv/bin/python bench/data_pipeline.py --images 600   # a quick check of the script
 
 The generated JPEGs (mixed sizes, 4 classes) live in a temporary folder deleted at the end.
