@@ -101,6 +101,7 @@ def main() -> int:
         tmp = Path(tmp)
         export = args.export.resolve() if args.export else train_and_export(tmp)
         digit, body = predict_body(tmp)
+        digit_bytes = digit.stat().st_size  # the file goes with the temporary folder
         path = f"/v1/models/{export.name}:predict"
         endpoints, replicas = start_setups(running, settings, export, tmp)
         for endpoint in endpoints.values():  # connections, threads, allocator: warm
@@ -115,15 +116,15 @@ def main() -> int:
         killed = failover(endpoints[SETUPS[2]], replicas[1], path, body, args.clients,
                           args.requests, rate)
         killed["retried"] = retried_requests(access_log, offset)
-    report(results, killed, export, digit, args)
+    report(results, killed, export, digit_bytes, args)
     failed = sum(len(run["failures"]) for runs in results.values() for run in runs)
     return 1 if failed or killed["failures"] or not killed["killed"] else 0
 
 
-def report(results: dict, killed: dict, export: Path, digit: Path, args) -> None:
+def report(results: dict, killed: dict, export: Path, digit_bytes: int, args) -> None:
     print(f"\n{export.name} behind nginx ({nginx_executable()}), {os.cpu_count()} cores shared "
           f"by everything; {args.clients} clients, each request a TensorFlow Serving :predict of "
-          f"one {digit.stat().st_size}-byte digit PNG in base64; {args.requests} requests per "
+          f"one {digit_bytes}-byte digit PNG in base64; {args.requests} requests per "
           f"setup and round, {args.rounds} rounds (requests/s: median; latency: all requests)\n")
     print("| setup | req/s | p50 ms | p99 ms | failed |")
     print("|---|---|---|---|---|")
