@@ -3,7 +3,7 @@ the loop it replaced (decode one file, ``predict_on_batch`` on it, next file), s
 files, same preprocessing, measured in this run; and its two shares apart, the network on pixels
 decoded beforehand and the decoding without the network, each a ceiling for the whole.
 
-    .venv/bin/python bench/prediction.py            # about 1 minute on 2 CPU cores
+    .venv/bin/python bench/prediction.py            # about 2 minutes on 2 CPU cores
 
 The JPEGs (3,000, mixed sizes) are generated in a temporary folder deleted at the end; the
 model is the default config's (the CNN at the input shape ``auto`` chooses from these JPEGs, at
@@ -73,8 +73,8 @@ def main() -> None:
             model = model_utils.build_model(cfg.model, cfg.transfer, shape, len(CLASSES))
         settings, names = {**cfg.to_dict(), "data": dict(data)}, list(CLASSES)
         files = sorted(folder.rglob("*.jpg"))
-        pixels = np.stack([pixels for batch in decoded_batches(files, settings["data"])
-                           for _, pixels, _ in batch])
+        pixels = np.stack([image for batch in decoded_batches(files, settings["data"])
+                           for _, image, _ in batch])
         ways = {BASELINE: lambda f: one_at_a_time(model, names, settings, f),
                 "imgcls predict_files": lambda f: model_utils.predict_files(
                     model, names, settings, f),
