@@ -34,6 +34,7 @@ from imgcls_utils.serving.prediction import BATCH_SIZE, decoded_batches, top_k  
 IMAGES = 3000
 ROUNDS = 2
 BASELINE = "one at a time (before)"
+OURS = "imgcls predict_files"
 
 
 def one_at_a_time(model, class_names: list[str], settings: dict, files: list[Path]) -> None:
@@ -76,7 +77,7 @@ def main() -> None:
         pixels = np.stack([image for batch in decoded_batches(files, settings["data"])
                            for _, image, _ in batch])
         ways = {BASELINE: lambda f: one_at_a_time(model, names, settings, f),
-                "imgcls predict_files": lambda f: model_utils.predict_files(
+                OURS: lambda f: model_utils.predict_files(
                     model, names, settings, f),
                 "its network alone": lambda f: model_alone(model, pixels[:len(f)]),
                 "its decoding alone": lambda f: decoding_alone(settings, f)}
@@ -91,7 +92,7 @@ def main() -> None:
           f"config's model ({'x'.join(map(str, shape))} input), median of {ROUNDS}:")
     for name, values in rates.items():
         rate = statistics.median(values)
-        target = "   (target >= 5x)" if name == "imgcls predict_files" else ""
+        target = "   (target >= 5x)" if name == OURS else ""
         print(f"   {name:<24} {rate:7,.0f}   x{rate / base:.2f}{target}")
 
 
