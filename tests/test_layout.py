@@ -89,7 +89,7 @@ def test_everything_but_the_server_imports_without_the_serving_extras():
     """The rest of the library (and export, prediction and TensorFlow Lite) never pulls in the
     web stack: an import of any serving extra fails in this subprocess."""
     server = {"app", "batching", "middleware", "monitoring", "run", "versions", "settings",
-              "rest_api", "grpc_api"}
+              "rest_api", "grpc_api", "whole_responses"}
     names = [name for name in MODULES if not (name.startswith("imgcls_utils.serving.")
                                               and name.rsplit(".", 1)[1] in server)]
     script = (

@@ -66,6 +66,7 @@ def serve(target: Path, settings: ServeSettings) -> None:
     import uvicorn
 
     from .grpc_api import serve_grpc_alongside
+    from .whole_responses import WholeResponses
 
     target = resolve_target(target, settings.exports_dir)
     app = create_app(target, settings)
@@ -80,6 +81,6 @@ def serve(target: Path, settings: ServeSettings) -> None:
         f"{target.name}:predict (TensorFlow Serving REST), POST /predict for uploads, "
         f"/healthz, /metrics; gRPC at {address(settings.host, app.state.grpc_port)} "
         "(TensorFlow Serving's PredictionService and ModelService)"))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, http=WholeResponses, log_level="warning", access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
