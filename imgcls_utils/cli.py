@@ -202,8 +202,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    """Validate the deployment settings and render, next to them, compose.yaml and nginx.conf
-    or (--target kubernetes) kubernetes.yaml."""
+    """Validate the deployment settings and render, next to them, compose.yaml, nginx.conf and
+    the gRPC clients' retry policy, or (--target kubernetes) kubernetes.yaml."""
     settings = load_deployment(args.settings or find_project_root() / DEPLOYMENT_RELATIVE_PATH)
     write = write_deployment
     if args.target == "kubernetes":
@@ -361,7 +361,8 @@ def _parser() -> argparse.ArgumentParser:
                        "(serve.max_batch_size=1)")
     deploy = command("deploy", cmd_deploy, "validate the deployment settings and write next "
                      "to them the compose.yaml and nginx.conf of imgcls serve replicas behind "
-                     "nginx, or a cluster's kubernetes.yaml", configurable=False)
+                     "nginx (and the gRPC clients' retry policy), or a cluster's kubernetes.yaml",
+                     configurable=False)
     deploy.add_argument("--target", choices=("compose", "kubernetes"), default="compose")
     deploy.add_argument("--settings", type=Path, help=f"the deployment settings (default: the "
                         f"project's {DEPLOYMENT_RELATIVE_PATH})")

@@ -28,6 +28,15 @@ class LiveServer:
     grpc: str  # host:port of its gRPC API
 
 
+def run_threads(target, count: int) -> None:
+    """``target`` run by ``count`` threads at once, until every one has ended."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 @contextmanager
 def live_server(export: Path, config: Path, log: Path, *set_options: str,
                 imgcls: tuple[str, ...] = (sys.executable, "-m", "imgcls_utils.cli"),

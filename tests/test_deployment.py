@@ -26,7 +26,7 @@ from imgcls_utils.serving.deployment import (DEPLOYMENT_RELATIVE_PATH, DEPLOYMEN
                                              load_deployment, local_nginx, nginx_conf,
                                              nginx_executable, write_deployment)
 from tests.conftest import REPO_ROOT
-from tests.live_server import live_servers
+from tests.live_server import live_servers, run_threads
 
 SETTINGS_PATH = REPO_ROOT / DEPLOYMENT_RELATIVE_PATH
 DOCKERFILE = REPO_ROOT / "Model_Serving" / "Dockerfile"
@@ -100,6 +100,7 @@ def test_imgcls_deploy_writes_both_files_and_a_bad_file_is_a_user_error(tmp_path
     printed = capsys.readouterr()
     assert printed.out.split() == ["wrote", str(tmp_path / "compose.yaml"),
                                    "wrote", str(tmp_path / "nginx.conf"),
+                                   "wrote", str(tmp_path / "grpc_service_config.json"),
                                    "wrote", str(tmp_path / "monitoring" / "prometheus.yml"),
                                    "wrote", str(tmp_path / "monitoring" / "rules.yml"),
                                    "wrote", str(tmp_path / "monitoring" / "dashboard.json")]
@@ -267,11 +268,7 @@ def send_stream(url: str, uploads, replica_killed: threading.Event,
                     if len(answers) == kill_after:
                         replica_killed.set()
 
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(client, CLIENTS)
     return answers
 
 

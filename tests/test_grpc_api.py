@@ -2,13 +2,16 @@
 Predict, GetModelMetadata and GetModelStatus answer as the REST API does for the same images and
 model, every error carries TensorFlow Serving's status code, the API key, the body limit and the
 metrics are shared with REST, a version swapped in under gRPC load drops no call, and the
-rendered nginx passes gRPC calls to the replicas."""
+rendered nginx passes gRPC calls to the replicas: a call it cannot pass on is UNAVAILABLE, which
+the retry policy `imgcls deploy` writes for clients resends, so such clients lose no call while
+a replica is killed."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import signal
 import threading
 from contextlib import contextmanager
 
@@ -24,12 +27,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from imgcls_utils.config import CONFIG_RELATIVE_PATH
 from imgcls_utils.quiet_tensorflow import tf
 from imgcls_utils.serving.app import create_app
-from imgcls_utils.serving.deployment import (free_loopback_port, load_deployment, local_nginx,
-                                             nginx_conf, nginx_executable)
+from imgcls_utils.serving.deployment import (GRPC_SERVICE_CONFIG, free_loopback_port,
+                                             load_deployment, local_nginx, nginx_conf,
+                                             nginx_executable)
 from imgcls_utils.serving.grpc_api import serve_grpc_alongside
-from tests.live_server import live_server, swap_under_load
+from tests.live_server import live_server, live_servers, run_threads, swap_under_load
 from tests.test_cli import imgcls
-from tests.test_deployment import NGINX_MISSING, SETTINGS_PATH
+from tests.test_deployment import NGINX_MISSING, SETTINGS_PATH, needs_nginx
 from tests.test_server import (NAME, PREDICT, TestClient, b64, digits,  # noqa: F401
                                settings_for, started)
 
@@ -308,3 +312,77 @@ def test_nginx_passes_grpc_calls_to_the_replicas(served_model, digits, tmp_path)
     access = (tmp_path / "nginx" / "access.log").read_text()
     log = [json.loads(line) for line in access.splitlines()]
     assert [line["uri"] for line in log] == ["/tensorflow.serving.PredictionService/Predict"] * 2
+
+
+def retrying_channel(target: str) -> grpc.Channel:
+    """A channel with the retry policy ``imgcls deploy`` writes for the replicas' clients."""
+    service_config = (SETTINGS_PATH.parent / GRPC_SERVICE_CONFIG).read_text()
+    return grpc.insecure_channel(target, options=[("grpc.service_config", service_config)])
+
+
+def grpc_access_log(nginx_folder) -> list[dict]:
+    lines = [json.loads(line) for line in (nginx_folder / "access.log").read_text().splitlines()]
+    return [line for line in lines if line["uri"].startswith("/tensorflow.serving.")]
+
+
+@needs_nginx
+def test_a_grpc_call_no_replica_answers_is_unavailable_and_retried(digits, tmp_path):
+    port, grpc_port = free_loopback_port(), free_loopback_port()
+    down = [f"127.0.0.1:{free_loopback_port()}" for _ in range(2)]  # nothing listens there
+    conf = nginx_conf(load_deployment(SETTINGS_PATH), down, f"127.0.0.1:{port}",
+                      grpc_upstreams=down, grpc_listen=f"127.0.0.1:{grpc_port}")
+    (tmp_path / "nginx").mkdir()
+    with local_nginx(conf, tmp_path / "nginx", port), \
+            retrying_channel(f"127.0.0.1:{grpc_port}") as channel:
+        failure = error_of(lambda: predict(channel, predict_request(digits[:1])))
+    assert failure == (Code.UNAVAILABLE, "no replica answered")
+    service_config = json.loads((SETTINGS_PATH.parent / GRPC_SERVICE_CONFIG).read_text())
+    attempts = service_config["methodConfig"][0]["retryPolicy"]["maxAttempts"]
+    assert len(grpc_access_log(tmp_path / "nginx")) == attempts == 3
+
+
+def call_stream(channel, digits, calls: int, clients: int, after: int, then) -> list:
+    """``calls`` Predict calls by ``clients`` threads, ``then()`` run once ``after`` of them have
+    ended: each call's gRPC code."""
+    codes, lock = [], threading.Lock()
+
+    def client() -> None:
+        for _ in range(calls // clients):
+            try:
+                predict(channel, predict_request(digits[:1]))
+                code = Code.OK
+            except grpc.RpcError as error:
+                code = error.code()
+            with lock:
+                codes.append(code)
+                if len(codes) == after:
+                    then()
+
+    run_threads(client, clients)
+    return codes
+
+
+@needs_nginx
+def test_grpc_clients_with_the_retry_policy_lose_no_call_while_a_replica_is_killed(
+        served_model, digits, tmp_path):
+    config = served_model[0].root / CONFIG_RELATIVE_PATH
+    settings = load_deployment(SETTINGS_PATH)
+    port, grpc_port = free_loopback_port(), free_loopback_port()
+    (tmp_path / "nginx").mkdir()
+    with live_servers(served_model[2].parent, config, [tmp_path / "a.log", tmp_path / "b.log"],
+                      *settings.serve_options()) as (survivor, victim):
+        conf = nginx_conf(settings, [server.url.removeprefix("http://")
+                                     for server in (survivor, victim)], f"127.0.0.1:{port}",
+                          grpc_upstreams=[survivor.grpc, victim.grpc],
+                          grpc_listen=f"127.0.0.1:{grpc_port}")
+        with local_nginx(conf, tmp_path / "nginx", port), \
+                retrying_channel(f"127.0.0.1:{grpc_port}") as channel:
+            codes = call_stream(channel, digits, calls=400, clients=4, after=100,
+                                then=lambda: victim.process.send_signal(signal.SIGKILL))
+        assert victim.process.wait(timeout=10) == -signal.SIGKILL
+    assert len(codes) == 400 and set(codes) == {Code.OK}
+    log = grpc_access_log(tmp_path / "nginx")
+    assert {survivor.grpc, victim.grpc} <= {line["upstream_addr"] for line in log}
+    unavailable = [line for line in log if line["status"] == 204]  # nginx's UNAVAILABLE
+    assert unavailable, "no call failed on the killed replica: the test tested nothing"
+    assert len(log) == 400 + len(unavailable)  # each of them sent again by its client

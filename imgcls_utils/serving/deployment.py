@@ -3,7 +3,8 @@
 ``Deployment/deployment.yaml`` holds the operator's choices (which export, how many replicas,
 their batching and limits, nginx's retries and timeouts). It is validated like the main config
 (the same rules for the ``serve:`` keys, every problem in one pass) and rendered into
-``compose.yaml`` (the replicas' containers and nginx's) and ``nginx.conf`` next to it. The
+``compose.yaml`` (the replicas' containers and nginx's), ``nginx.conf`` and the gRPC clients'
+retry policy (``grpc_service_config.json``) next to it. The
 renderers are pure: the failover test and ``bench/deployment.py`` run the same ``nginx.conf``
 on this host, with the replicas on loopback instead of in containers.
 """
@@ -24,6 +25,7 @@ import yaml
 from ..config import ConfigError, read_flat, request_bytes, validate
 from ..config_rules import RULES, Rule, either, identifier, integer, positive_number, text
 from .dashboard import dashboard_json
+from .grpc_front import GRPC_SERVICE_CONFIG, NGINX_GRPC_TEMPLATE, grpc_service_config
 from .prometheus_config import (MONITORING_DIR, MONITORING_RULES, PROMETHEUS_FILE, RULES_FILE,
                                 prometheus_service, prometheus_yml, rules_yml)
 from .tls import (CONTAINER_HTTPS_PORT, TLS_RULES, TlsFront, container_front, container_mounts,
@@ -200,29 +202,6 @@ http {{
 {plain_http_server}{grpc}}}
 """
 
-# TensorFlow Serving's gRPC API of the replicas, over HTTP/2 without TLS as they speak it.
-NGINX_GRPC_TEMPLATE = """
-    upstream imgcls_grpc_replicas {{
-        zone imgcls_grpc_replicas 64k;
-{servers}
-        keepalive {keepalive};
-    }}
-
-    server {{
-        listen {listen} http2;
-        client_max_body_size {max_request_bytes};
-
-        location / {{
-            grpc_pass grpc://imgcls_grpc_replicas;
-            grpc_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
-            grpc_next_upstream_tries {retry_tries};
-            grpc_connect_timeout {connect_timeout_s}s;
-            grpc_send_timeout {read_timeout_s}s;
-            grpc_read_timeout {read_timeout_s}s;
-        }}
-    }}
-"""
-
 
 def nginx_conf(settings: DeploymentSettings, upstreams: list[str], listen: str,
                tls: TlsFront | None = None, grpc_upstreams: list[str] = (),
@@ -311,8 +290,8 @@ def _nginx_ports(settings: DeploymentSettings) -> list[str]:
 
 
 def write_deployment(settings: DeploymentSettings) -> list[Path]:
-    """compose.yaml, nginx.conf and monitoring/ (Prometheus' configuration and rules, the
-    Grafana dashboard), rendered into the settings file's folder: their paths."""
+    """compose.yaml, nginx.conf, the gRPC clients' retry policy and monitoring/ (Prometheus'
+    configuration and rules, the Grafana dashboard), rendered into the settings file's folder: their paths."""
     names = replica_names(settings)
     upstreams = [f"{name}:{settings.replica_port}" for name in names]
     monitoring = settings.monitoring
@@ -320,6 +299,7 @@ def write_deployment(settings: DeploymentSettings) -> list[Path]:
         "compose.yaml": compose_file(settings),
         "nginx.conf": _container_nginx_conf(settings, upstreams, [
             f"{name}:{settings.replica_grpc_port}" for name in names]),
+        GRPC_SERVICE_CONFIG: grpc_service_config(),
         f"{MONITORING_DIR}/{PROMETHEUS_FILE}": prometheus_yml(upstreams,
                                                              monitoring["scrape_interval_s"]),
         f"{MONITORING_DIR}/{RULES_FILE}": rules_yml(monitoring, settings.max_queued_images),
