@@ -4,9 +4,9 @@
 their batching and limits, nginx's retries and timeouts). It is validated like the main config
 (the same rules for the ``serve:`` keys, every problem in one pass) and rendered into
 ``compose.yaml`` (the replicas' containers and nginx's), ``nginx.conf`` and the gRPC clients'
-retry policy (``grpc_service_config.json``) next to it. The
-renderers are pure: the failover test and ``bench/deployment.py`` run the same ``nginx.conf``
-on this host, with the replicas on loopback instead of in containers.
+retry policy (``grpc_service_config.json``) next to it. The renderers are pure: the failover
+test and ``bench/deployment.py`` run the same ``nginx.conf`` on this host, with the replicas on
+loopback instead of in containers.
 """
 
 from __future__ import annotations
@@ -291,7 +291,8 @@ def _nginx_ports(settings: DeploymentSettings) -> list[str]:
 
 def write_deployment(settings: DeploymentSettings) -> list[Path]:
     """compose.yaml, nginx.conf, the gRPC clients' retry policy and monitoring/ (Prometheus'
-    configuration and rules, the Grafana dashboard), rendered into the settings file's folder: their paths."""
+    configuration and rules, the Grafana dashboard), rendered into the settings file's folder:
+    their paths."""
     names = replica_names(settings)
     upstreams = [f"{name}:{settings.replica_port}" for name in names]
     monitoring = settings.monitoring
