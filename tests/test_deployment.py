@@ -35,6 +35,11 @@ NGINX_MISSING = ("nginx not installed: run `make test` as root (it apt-get insta
 needs_nginx = pytest.mark.skipif(nginx_executable() is None, reason=NGINX_MISSING)
 
 
+def nginx_access_log(folder) -> list[dict]:
+    """The JSON access lines of the nginx ``local_nginx`` ran in ``folder``."""
+    return [json.loads(line) for line in (folder / "access.log").read_text().splitlines()]
+
+
 def settings_problems(tmp_path, edit) -> str:
     """The ConfigError of the committed settings file after ``edit`` (text -> text)."""
     path = tmp_path / "deployment.yaml"
@@ -307,7 +312,7 @@ def test_nginx_answers_every_request_while_a_replica_is_killed(served_model, tmp
     before = {address for started, address in answered_by if started < killed_at[0]}
     after = {address for started, address in answered_by if started > killed_at[0]}
     assert before == set(upstreams) and after == {upstreams[0]}
-    log = [json.loads(line) for line in (tmp_path / "nginx" / "access.log").read_text().splitlines()]
+    log = nginx_access_log(tmp_path / "nginx")
     assert len(log) == REQUESTS + 1 and {line["status"] for line in log} == {200}
     retried = [line for line in log if ", " in line["upstream_addr"]]
     assert retried, "no request reached the killed replica and was retried"

@@ -33,7 +33,7 @@ from imgcls_utils.serving.deployment import (GRPC_SERVICE_CONFIG, free_loopback_
 from imgcls_utils.serving.grpc_api import serve_grpc_alongside
 from tests.live_server import live_server, live_servers, run_threads, swap_under_load
 from tests.test_cli import imgcls
-from tests.test_deployment import NGINX_MISSING, SETTINGS_PATH, needs_nginx
+from tests.test_deployment import NGINX_MISSING, SETTINGS_PATH, needs_nginx, nginx_access_log
 from tests.test_server import (NAME, PREDICT, TestClient, b64, digits,  # noqa: F401
                                settings_for, started)
 
@@ -309,8 +309,7 @@ def test_nginx_passes_grpc_calls_to_the_replicas(served_model, digits, tmp_path)
                                           predict(direct, predict_request(digits))["probabilities"])
             code, message = error_of(lambda: predict(channel, predict_request(digits, "cats")))
             assert code == Code.NOT_FOUND and "Latest(cats)" in message
-    access = (tmp_path / "nginx" / "access.log").read_text()
-    log = [json.loads(line) for line in access.splitlines()]
+    log = nginx_access_log(tmp_path / "nginx")
     assert [line["uri"] for line in log] == ["/tensorflow.serving.PredictionService/Predict"] * 2
 
 
@@ -318,11 +317,6 @@ def retrying_channel(target: str) -> grpc.Channel:
     """A channel with the retry policy ``imgcls deploy`` writes for the replicas' clients."""
     service_config = (SETTINGS_PATH.parent / GRPC_SERVICE_CONFIG).read_text()
     return grpc.insecure_channel(target, options=[("grpc.service_config", service_config)])
-
-
-def grpc_access_log(nginx_folder) -> list[dict]:
-    lines = [json.loads(line) for line in (nginx_folder / "access.log").read_text().splitlines()]
-    return [line for line in lines if line["uri"].startswith("/tensorflow.serving.")]
 
 
 @needs_nginx
@@ -338,7 +332,7 @@ def test_a_grpc_call_no_replica_answers_is_unavailable_and_retried(digits, tmp_p
     assert failure == (Code.UNAVAILABLE, "no replica answered")
     service_config = json.loads((SETTINGS_PATH.parent / GRPC_SERVICE_CONFIG).read_text())
     attempts = service_config["methodConfig"][0]["retryPolicy"]["maxAttempts"]
-    assert len(grpc_access_log(tmp_path / "nginx")) == attempts == 3
+    assert len(nginx_access_log(tmp_path / "nginx")) == attempts == 3
 
 
 def call_stream(channel, digits, calls: int, clients: int, after: int, then) -> list:
@@ -381,7 +375,7 @@ def test_grpc_clients_with_the_retry_policy_lose_no_call_while_a_replica_is_kill
                                 then=lambda: victim.process.send_signal(signal.SIGKILL))
         assert victim.process.wait(timeout=10) == -signal.SIGKILL
     assert len(codes) == 400 and set(codes) == {Code.OK}
-    log = grpc_access_log(tmp_path / "nginx")
+    log = nginx_access_log(tmp_path / "nginx")
     assert {survivor.grpc, victim.grpc} <= {line["upstream_addr"] for line in log}
     unavailable = [line for line in log if line["status"] == 204]  # nginx's UNAVAILABLE
     assert unavailable, "no call failed on the killed replica: the test tested nothing"
