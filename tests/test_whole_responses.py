@@ -4,6 +4,7 @@ servers that SIGKILL themselves between a response's headers and its body."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def raw_answer(port: int) -> bytes:
 def test_a_replica_killed_mid_response_has_sent_none_of_it():
     with replica("whole", "dies") as (process, port):
         assert raw_answer(port) == b""
-        assert process.wait(timeout=10) == -9
+        assert process.wait(timeout=10) == -signal.SIGKILL
 
 
 def test_uvicorn_alone_sends_the_headers_of_a_response_it_never_finishes():
@@ -55,7 +56,7 @@ def test_uvicorn_alone_sends_the_headers_of_a_response_it_never_finishes():
     with replica("uvicorn", "dies") as (process, port):
         answer = raw_answer(port)
         assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\n")
-        assert process.wait(timeout=10) == -9
+        assert process.wait(timeout=10) == -signal.SIGKILL
 
 
 def answers_through_nginx(protocol: str, tmp_path) -> tuple[list, int]:
@@ -81,13 +82,13 @@ def answers_through_nginx(protocol: str, tmp_path) -> tuple[list, int]:
 @needs_nginx
 def test_nginx_retries_a_request_whose_replica_died_mid_response(tmp_path):
     answers, dying_replica_ended = answers_through_nginx("whole", tmp_path)
-    assert dying_replica_ended == -9 and answers and set(answers) == {(200, BODY)}
+    assert dying_replica_ended == -signal.SIGKILL and answers and set(answers) == {(200, BODY)}
 
 
 @needs_nginx
 def test_nginx_cannot_retry_once_it_has_passed_on_the_headers(tmp_path):
     answers, dying_replica_ended = answers_through_nginx("uvicorn", tmp_path)
-    assert dying_replica_ended == -9
+    assert dying_replica_ended == -signal.SIGKILL
     assert [answer for answer in answers if answer != (200, BODY)] == [
         "RemoteProtocolError('peer closed connection without sending complete message body "
         f"(received 0 bytes, expected {len(BODY)})')"]
